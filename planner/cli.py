@@ -1,0 +1,226 @@
+"""The planner's commands (schema, validate, cost, ...) and the CLI conventions every command follows.
+
+Conventions: every command that reports numbers has ``--json`` (one JSON object on stdout, nothing else); bad input
+raises ``ClipaError`` and ``run_app`` turns it into one line on stderr and exit code 2; nothing here imports JAX.
+Commands that take a run take either a spec file or ``--model/--dataset/--schedule``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.errors import ClipaError
+
+app = typer.Typer(
+    name="clipa",
+    help=(
+        "Plan and train CLIP models under a cost budget, using the CLIPA inverse scaling law.\n\n"
+        "Start with:  clipa plan --budget 10000   (the best recipe for $10k of A100 time, at the CLIPA papers' "
+        "pricing).  Price a recipe with:  clipa cost --model H/14 --schedule \"12.8B@84/8 + 512M@224/32~0.3\"."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+SpecArg = Annotated[Optional[Path], typer.Argument(help="run spec file (YAML or JSON); or give --model/--schedule")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="model variant, e.g. B/16, L/14, H/14, G/14")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset: laion-400m, laion-2b, datacomp-1b, ...")]
+ScheduleOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--schedule",
+        "-s",
+        help="stages in the papers' notation, e.g. \"12.8B@84/8 + 512M@224/32~0.3 + 128M@336/32~0.4\" "
+        "(SAMPLES@RES[/TEXTLEN[:reduction]][~MASK_RATIO[:mask]][,batch=N][,lr=X][,warmup=N])",
+    ),
+]
+HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="hardware profile (see: clipa hardware)")]
+PricingOpt = Annotated[
+    Optional[str], typer.Option("--pricing", help="on-demand, spot, cud-1y, cud-3y, clipa-paper or custom:USD_PER_HOUR")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def resolve_spec(
+    spec: Path | None,
+    model: str | None,
+    dataset: str,
+    schedule: str | None,
+    hardware: str | None = None,
+    pricing: str | None = None,
+):
+    """A RunSpec from a file or from --model/--dataset/--schedule (hardware/pricing override the spec's)."""
+    from planner.hardware import PAPER_HARDWARE, default_pricing
+    from planner.schedule import parse_schedule
+    from planner.spec import load_spec, spec_from_dict
+
+    if spec is not None:
+        if model or schedule:
+            raise ClipaError("spec", "give either a spec file or --model/--schedule, not both")
+        loaded = load_spec(spec)
+        if hardware or pricing:
+            data = loaded.model_dump(mode="json")
+            if hardware:
+                data["hardware"] = hardware
+                data["pricing"] = pricing or default_pricing(hardware)
+            else:
+                data["pricing"] = pricing
+            loaded = spec_from_dict(data)
+        return loaded
+    if not model or not schedule:
+        raise ClipaError("spec", "give a spec file, or both --model and --schedule")
+    stages = parse_schedule(schedule, model)
+    hw = hardware or PAPER_HARDWARE
+    return spec_from_dict(
+        {
+            "model": model,
+            "dataset": dataset,
+            "hardware": hw,
+            "pricing": pricing or default_pricing(hw),
+            "stages": [s.model_dump(mode="json") for s in stages],
+        }
+    )
+
+
+def fmt_flops(x: float) -> str:
+    return f"{x:.3e}"
+
+
+def fmt_usd(x: float) -> str:
+    return f"${x:,.2f}" if x < 100 else f"${x:,.0f}"
+
+
+def fmt_hours(x: float) -> str:
+    return f"{x:,.2f}" if x < 10 else f"{x:,.0f}"
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a run spec (the contract between planner and trainer)."""
+    from planner.spec import spec_json_schema
+
+    print_json(spec_json_schema())
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="run spec file (YAML or JSON)")]) -> None:
+    """Check a run spec file; print its run id and schedule, or one line naming the bad field (exit code 2)."""
+    from planner.spec import load_spec
+
+    s = load_spec(spec)
+    console.print(f"[green]valid[/green] {spec}: run id {s.run_id}, {s.model} on {s.dataset}: {s.schedule}")
+
+
+@app.command()
+def cost(
+    spec: SpecArg = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = "datacomp-1b",
+    schedule: ScheduleOpt = None,
+    hardware: HardwareOpt = None,
+    pricing: PricingOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """FLOPs, device-hours and dollars of a run, per stage and in total.
+
+    Without --hardware/--pricing: the spec's own, or for --model/--schedule the CLIPA papers' convention
+    (A100-80GB GPU-hours at $1.575), which reproduces the papers' GPU-hour figures.
+    """
+    from planner.cost import cost_spec
+
+    s = resolve_spec(spec, model, dataset, schedule, hardware, pricing)
+    c = cost_spec(s)
+    if json_out:
+        print_json({"run_id": s.run_id, "schedule": s.schedule, **c.to_dict()})
+        return
+    t = Table(title=f"{s.model}  {s.schedule}", caption=f"{c.hardware}, {c.pricing} at ${c.usd_per_device_hour}/device-hour")
+    for col in ("stage", "samples", "res", "tokens/sample", "GFLOPs/sample", "FLOPs", "MFU", "device-hours", "USD"):
+        t.add_column(col, justify="right")
+    for i, st in enumerate(c.stages):
+        t.add_row(
+            str(i + 1),
+            f"{st.samples:,}",
+            str(st.image_res),
+            str(st.tokens_per_sample),
+            f"{st.train_flops_per_sample / 1e9:,.1f}",
+            fmt_flops(st.flops),
+            f"{st.mfu:.1%}",
+            fmt_hours(st.device_hours),
+            fmt_usd(st.cost_usd),
+        )
+    t.add_row("total", f"{s.total_samples:,}", "", "", "", fmt_flops(c.flops), "", fmt_hours(c.device_hours), fmt_usd(c.cost_usd), style="bold")
+    console.print(t)
+
+
+@app.command("hardware")
+def hardware_cmd(json_out: JsonOpt = False) -> None:
+    """The hardware catalog: peak FLOP/s, memory, prices by pricing model (with date and source), MFU basis."""
+    from planner.hardware import catalog
+
+    cat = catalog()
+    if json_out:
+        print_json({k: v.model_dump(mode="json") for k, v in cat.items()})
+        return
+    t = Table(title="budgets/hardware.yaml")
+    for col in ("name", "kind", "peak TFLOP/s", "memory GB", "per host", "prices $/device-hour", "MFU max"):
+        t.add_column(col)
+    for hw in cat.values():
+        prices = ", ".join(f"{k} {p.usd_per_device_hour:g}" for k, p in hw.prices.items()) or "none (custom:USD)"
+        t.add_row(hw.name, hw.kind, f"{hw.peak_flops / 1e12:g}", f"{hw.memory_gb:g}", str(hw.devices_per_host), prices, f"{hw.mfu.max:.0%}")
+    console.print(t)
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the typer app: ClipaError -> one line on stderr, exit code 2; never a traceback for bad input."""
+    from pydantic import ValidationError
+
+    from planner.errors import from_validation_error
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except ClipaError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except ValidationError as e:
+        err_console.print(f"error: {from_validation_error(e)}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        raise
+    return 0

@@ -1,0 +1,35 @@
+"""The ``clipa`` console script: the planner's commands plus the trainer's, registered without importing JAX.
+
+Each trainer-side module listed in ``REGISTRARS`` has a ``register(app)`` function adding its commands; command
+bodies import JAX lazily, so ``clipa plan`` starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from planner.cli import app, run_app
+
+# module paths with a register(app: typer.Typer) -> None function
+REGISTRARS: list[str] = []
+
+_registered = False
+
+
+def build_app():
+    global _registered
+    if not _registered:
+        for mod in REGISTRARS:
+            importlib.import_module(mod).register(app)
+        _registered = True
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_app()
+    sys.exit(run_app(argv))
+
+
+if __name__ == "__main__":
+    main()
