@@ -112,6 +112,7 @@ class RunSpec(_Frozen):
     dataset: str = Field(description="dataset name, e.g. 'datacomp-1b' or 'local:synth'")
     data: str | None = Field(None, description="training shards: folder, brace pattern or bucket URL")
     eval_data: str | None = Field(None, description="zero-shot evaluation data: folder or shards")
+    tokenizer: str | None = Field(None, description="tokenizer.json (BPE); default: the one in the data folder")
     hardware: str = Field("a100-80gb", description="hardware profile from budgets/hardware.yaml")
     pricing: str = Field("clipa-paper", description="pricing model of that hardware profile")
     seed: Annotated[int, Field(ge=0)] = 0
