@@ -1,0 +1,300 @@
+"""Running the trainer on a slice's worker hosts: the ``WorkerExec`` interface and its two implementations.
+
+``GcloudSshExec`` is the real one: ``gcloud compute tpus tpu-vm scp/ssh`` per worker, one local ``gcloud`` process
+per worker whose output is that worker's log. ``LocalExec`` runs each "worker" as a subprocess on this machine, in
+its own folder per node (a requeued slice gets fresh folders, as fresh VMs get fresh disks), which is how tests
+exercise the whole launch flow against the fake API.
+
+Commands are argv lists end to end; no local shell is involved. On the ssh path the remote side is a shell, so each
+argument is quoted with ``shlex.quote`` and, before that, every spec- or option-derived argument has been checked by
+``names.safe_arg`` (no whitespace, no metacharacters), so quoting is a second line of defence, not the only one.
+Every output line is redacted before it is written or shown.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from planner.errors import ClipaError
+from planner.paths import PACKAGE_ROOT
+from trainer.tpu import names
+from trainer.tpu.redact import Redactor, worker_base_env
+
+# The folder (relative to the worker's home) that holds the spec, the source and the trainer's log.
+WORKDIR = "clipa-run"
+LOG_NAME = "train.log"
+SOURCE_ARCHIVE = "clipa-src.tar.gz"
+SPEC_NAME = "spec.json"
+
+
+class WorkerProcess:
+    """One started worker: a local process (the trainer itself, or the ssh client running it remotely) whose
+    combined output is redacted, saved to ``log_path`` and passed line by line to ``on_line``."""
+
+    def __init__(self, worker: int, argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str],
+                 log_path: Path, redactor: Redactor, on_line: Callable[[str], None] | None = None,
+                 mirror_log: Path | None = None):
+        self.worker = worker
+        self.log_path = log_path
+        self._logs = []
+        for path in (log_path, mirror_log):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._logs.append(open(path, "a", encoding="utf-8"))
+        # A new session: the terminal's Ctrl-C reaches the launcher only, which then stops workers in order, and the
+        # whole process group can be signalled at once.
+        self._proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._redactor = redactor
+        self._on_line = on_line
+        self._reader = threading.Thread(target=self._pump, name=f"worker-{worker}-log", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in iter(self._proc.stdout.readline, b""):
+            line = self._redactor.redact(raw.decode("utf-8", "replace").rstrip("\n"))
+            for log in self._logs:
+                log.write(line + "\n")
+                log.flush()
+            if self._on_line is not None:
+                self._on_line(line)
+        self._proc.stdout.close()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._proc.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL after ``grace_s``; returns the exit code."""
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self._proc.wait()
+        self._reader.join(timeout=5)
+        for log in self._logs:
+            log.close()
+        self._logs = []
+        return self._proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class WorkerExec(ABC):
+    """How the launcher reaches a slice's hosts. ``*_commands`` return the local argv lists (printed by
+    ``--dry-run``); ``setup``/``start``/``logs`` run them."""
+
+    python: str  # the interpreter on the workers
+
+    def __init__(self, redactor: Redactor | None = None):
+        self.redactor = redactor or Redactor()
+
+    @abstractmethod
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
+        """Copy ``files`` into every worker's WORKDIR; with ``install``, unpack and pip-install the source there."""
+
+    @abstractmethod
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None: ...
+
+    @abstractmethod
+    def start_command(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str]) -> list[str]: ...
+
+    @abstractmethod
+    def start(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              on_line: Callable[[str], None] | None = None) -> WorkerProcess: ...
+
+    @abstractmethod
+    def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
+        """The CLIPA_* variables that tell the trainer to call jax.distributed.initialize (see README)."""
+
+    @abstractmethod
+    def logs_command(self, node: str, worker: int, follow: bool) -> list[str]: ...
+
+    def local_run_dir(self, remote_run_dir: str) -> str:
+        """The --run-dir argument the trainer gets for a bucket URL (gs:// passes through)."""
+        if remote_run_dir.startswith("file://"):
+            return remote_run_dir[len("file://"):]
+        return remote_run_dir
+
+
+def install_argv(python: str) -> list[str]:
+    """Unpack the shipped source and install it (editable: the catalog in budgets/ is read from the checkout) with
+    the JAX version this checkout pins, built for TPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        jax_req = f"jax[tpu]=={version('jax')}"
+    except PackageNotFoundError:  # pragma: no cover - jax is a dependency of the project
+        jax_req = "jax[tpu]"
+    return [python, "-m", "pip", "install", "--quiet", "--user", "-e", "./clipa", jax_req]
+
+
+def build_source_archive(dest: Path) -> Path:
+    """A tar.gz of this checkout's packages and data that the workers install (no venv, caches or results)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    skip_dirs = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if any(p in skip_dirs for p in parts) or info.name.endswith((".pyc", ".tmp")):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for item in ("pyproject.toml", "README.md", "planner", "trainer", "budgets"):
+            path = PACKAGE_ROOT / item
+            if path.exists():
+                tar.add(path, arcname=f"clipa/{item}", filter=keep)
+    return dest
+
+
+class GcloudSshExec(WorkerExec):
+    """Workers reached with ``gcloud compute tpus tpu-vm ssh/scp`` (gcloud must be installed and logged in here;
+    the launcher never handles its credentials)."""
+
+    def __init__(self, project: str, zone: str, python: str = "python3", gcloud: str = "gcloud",
+                 redactor: Redactor | None = None):
+        super().__init__(redactor)
+        self.project = names.project_id(project)
+        self.zone = names.zone(zone)
+        self.python = python
+        self.gcloud = gcloud
+
+    def _base(self, verb: str, node: str, worker: int | str) -> list[str]:
+        return [self.gcloud, "compute", "tpus", "tpu-vm", verb, names.resource_id(node), f"--project={self.project}",
+                f"--zone={self.zone}", f"--worker={worker}", "--quiet"]
+
+    def _ssh(self, node: str, worker: int | str, remote: str) -> list[str]:
+        # Keepalives make a vanished (preempted) VM end the ssh session instead of hanging it for hours.
+        return self._base("ssh", node, worker) + ["--ssh-flag=-oServerAliveInterval=30",
+                                                  "--ssh-flag=-oServerAliveCountMax=4", f"--command={remote}"]
+
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
+        cmds = [self._ssh(node, "all", f"mkdir -p {WORKDIR}")]
+        cmds.append([self.gcloud, "compute", "tpus", "tpu-vm", "scp", *(str(f) for f in files),
+                     f"{names.resource_id(node)}:{WORKDIR}/", f"--project={self.project}", f"--zone={self.zone}",
+                     "--worker=all", "--quiet"])
+        if install:
+            remote = f"cd {WORKDIR} && tar -xzf {SOURCE_ARCHIVE} && {shlex.join(install_argv(self.python))}"
+            cmds.append(self._ssh(node, "all", remote))
+        return cmds
+
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None:
+        for argv in self.setup_commands(node, files, install):
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                tail = self.redactor.redact(proc.stdout.decode("utf-8", "replace"))[-2000:]
+                raise WorkerSetupError(f"{argv[4]} on {node} failed with exit code {proc.returncode}: {tail}")
+
+    def start_command(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        env_args = [f"{k}={v}" for k, v in sorted(env.items())]
+        inner = shlex.join(["env", *env_args, *argv])
+        # pipefail: the ssh exit code is the trainer's, not tee's. The log stays on the worker for `clipa tpu logs`.
+        remote = f"set -o pipefail; cd {WORKDIR} && {inner} 2>&1 | tee -a {LOG_NAME}"
+        return self._ssh(node, worker, remote)
+
+    def start(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              on_line: Callable[[str], None] | None = None) -> WorkerProcess:
+        # The local gcloud process gets this machine's environment (it needs its own login); the trainer on the
+        # worker gets only ``env``, written into the command.
+        return WorkerProcess(worker, self.start_command(node, worker, argv, env), cwd=None, env=os.environ,
+                             log_path=log_path, redactor=self.redactor, on_line=on_line)
+
+    def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
+        # On a TPU VM jax.distributed.initialize() finds coordinator, process count and id itself.
+        return {"CLIPA_DISTRIBUTED": "1"}
+
+    def logs_command(self, node: str, worker: int, follow: bool) -> list[str]:
+        tail = ["tail", "-n", "+1", *(["-F"] if follow else []), f"{WORKDIR}/{LOG_NAME}"]
+        return self._ssh(node, worker, shlex.join(tail))
+
+
+class WorkerSetupError(ClipaError):
+    def __init__(self, message: str):
+        super().__init__("workers", message)
+
+
+class LocalExec(WorkerExec):
+    """Each worker is a subprocess on this machine, in ``root/NODE/worker-I/clipa-run`` (multi-host JAX on one box).
+
+    Workers see only an allow-listed environment plus the CLIPA_* variables, as a fresh VM would. Installing is not
+    done: the workers run this checkout with this interpreter.
+    """
+
+    def __init__(self, root: Path, python: str | None = None, redactor: Redactor | None = None):
+        super().__init__(redactor)
+        self.root = Path(root)
+        self.python = python or sys.executable
+        self._ports: dict[str, int] = {}
+
+    def worker_dir(self, node: str, worker: int) -> Path:
+        return self.root / names.resource_id(node) / f"worker-{worker}" / WORKDIR
+
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
+        return [["cp", str(f), str(self.root / node / "worker-*" / WORKDIR) + "/"] for f in files]
+
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None:
+        for w in range(hosts):
+            d = self.worker_dir(node, w)
+            d.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, d / f.name)
+
+    def start_command(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        return list(argv)
+
+    def start(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              on_line: Callable[[str], None] | None = None) -> WorkerProcess:
+        full_env = worker_base_env()
+        # The checkout must be importable from the worker folder, as the editable install makes it on a TPU VM.
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), full_env.get("PYTHONPATH")) if p)
+        full_env.update(env)
+        wdir = self.worker_dir(node, worker)
+        # The worker keeps its own log too (as the tee on a TPU VM does), for `clipa tpu logs`.
+        return WorkerProcess(worker, self.start_command(node, worker, argv, env), cwd=wdir, env=full_env,
+                             log_path=log_path, redactor=self.redactor, on_line=on_line,
+                             mirror_log=wdir / LOG_NAME)
+
+    def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
+        # Off TPU nothing can be auto-detected: give jax.distributed.initialize every argument.
+        if node not in self._ports:
+            self._ports[node] = _free_port()
+        return {"CLIPA_DISTRIBUTED": "1", "CLIPA_COORDINATOR_ADDRESS": f"127.0.0.1:{self._ports[node]}",
+                "CLIPA_NUM_PROCESSES": str(hosts), "CLIPA_PROCESS_ID": str(worker)}
+
+    def logs_command(self, node: str, worker: int, follow: bool) -> list[str]:
+        return ["tail", "-n", "+1", *(["-F"] if follow else []), str(self.worker_dir(node, worker) / LOG_NAME)]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
