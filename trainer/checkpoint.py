@@ -1,0 +1,183 @@
+"""Checkpoints (orbax ``CheckpointManager``): what a run saves, how it resumes, and loading weights for init and eval.
+
+A run's checkpoints live in ``RUN_DIR/checkpoints/<global_step>/`` with three items:
+
+* ``params``: the model parameters (nested dict of float32 arrays, restored straight into their shardings);
+* ``opt``: the optimiser state of the stage being trained;
+* ``meta``: JSON with everything else needed to continue exactly: stage index, step within the stage, global step,
+  the stage's RNG key, every process's data-source state (``get_state()``, gathered to the primary process), the
+  cost meter, and the model configuration the parameters belong to (so ``init: checkpoint:PATH`` and ``clipa eval``
+  can rebuild the network without the spec that produced them).
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a process killed mid-save
+leaves the previous checkpoint as the latest one (unfinished ones are cleaned up on the next start).
+
+``resolve_checkpoint`` accepts a run directory, a ``checkpoints`` directory (latest step) or one step's directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from planner.errors import ClipaError
+from planner.variants import decode_variant
+
+CHECKPOINT_DIR = "checkpoints"
+META_VERSION = 1
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: orbax is slow to import and only needed when saving/loading
+
+    return ocp
+
+
+def model_meta(cfg) -> dict:
+    """The part of a ModelConfig that fixes the parameter shapes (dtype and remat are execution choices)."""
+    return {
+        "variant": cfg.variant.name,
+        "image_res": cfg.image_res,
+        "vocab_size": cfg.vocab_size,
+        "posemb": cfg.posemb,
+        "pool": cfg.pool,
+        "eot_id": cfg.eot_id,
+    }
+
+
+def config_from_meta(meta: dict, dtype: str = "float32", remat: str = "none"):
+    from trainer.model import ModelConfig
+
+    m = meta["model"]
+    return ModelConfig(
+        variant=decode_variant(m["variant"]),
+        image_res=int(m["image_res"]),
+        vocab_size=int(m["vocab_size"]),
+        posemb=m["posemb"],
+        pool=m["pool"],
+        dtype=dtype,
+        remat=remat,
+        eot_id=m.get("eot_id"),
+    )
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+    """ShapeDtypeStructs (with shardings, when given) for restoring ``tree``'s structure."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpoints:
+    """The run's checkpoint manager. ``save`` is asynchronous; ``wait`` blocks until everything is on disk."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int | None = 3, async_save: bool = True,
+                 read_only: bool = False):
+        ocp = _ocp()
+        self.directory = Path(directory).absolute()
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                create=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=not read_only,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
+
+    def meta(self, step: int) -> dict:
+        ocp = _ocp()
+        return dict(self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+        ocp = _ocp()
+        self._mngr.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None = None) -> tuple[Any, Any | None]:
+        """Parameters (and, when ``abstract_opt`` is given, the optimiser state) of checkpoint ``step``."""
+        ocp = _ocp()
+        items = {"params": ocp.args.StandardRestore(abstract_params)}
+        if abstract_opt is not None:
+            items["opt"] = ocp.args.StandardRestore(abstract_opt)
+        out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+        return out.params, (out.opt if abstract_opt is not None else None)
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.close()
+
+
+def resolve_checkpoint(path: str | Path, field: str = "checkpoint") -> tuple[Path, int]:
+    """(manager directory, step) for a run directory, a checkpoints directory, or one step's directory."""
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise ClipaError(field, f"checkpoint not found: {p}")
+    if (p / CHECKPOINT_DIR).is_dir():
+        p = p / CHECKPOINT_DIR
+    if (p / "params").is_dir() and (p / "meta").exists() and p.name.isdigit():
+        return p.parent.absolute(), int(p.name)
+    steps = sorted(int(c.name) for c in p.iterdir() if c.is_dir() and c.name.isdigit() and (c / "params").is_dir())
+    if not steps:
+        raise ClipaError(field, f"{path} holds no finished checkpoint (expected RUN_DIR, RUN_DIR/checkpoints or a step)")
+    return p.absolute(), steps[-1]
+
+
+def load_params(path: str | Path, field: str = "checkpoint", dtype: str = "float32", remat: str = "none"):
+    """(ModelConfig, params as host-local arrays, meta) of the checkpoint at ``path`` (see ``resolve_checkpoint``)."""
+    from trainer.model import abstract_params
+
+    directory, step = resolve_checkpoint(path, field)
+    store = Checkpoints(directory, read_only=True, async_save=False)
+    try:
+        meta = store.meta(step)
+        if "model" not in meta:
+            raise ClipaError(field, f"{directory}/{step} was not written by this trainer (no model description)")
+        cfg = config_from_meta(meta, dtype=dtype, remat=remat)
+        params, _ = store.restore(step, abstract_like(abstract_params(cfg)))
+    finally:
+        store.close()
+    return cfg, params, meta
+
+
+def load_trained(path: str | Path):
+    """A ``TrainedModel`` (for ``embed_images``/``embed_texts``) from a run directory or checkpoint."""
+    from trainer.model import TrainedModel, resolve_compute_dtype
+
+    cfg, params, _ = load_params(path, dtype=resolve_compute_dtype("auto"))
+    return TrainedModel(cfg, params)
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable ``obj``, in process order (each process gets the full list)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray([blob.size], np.int32))
+    longest = int(np.max(lengths))
+    padded = np.zeros((longest,), np.uint8)
+    padded[: blob.size] = blob
+    allb = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(allb[i, : int(lengths[i][0])]).decode()) for i in range(allb.shape[0])]

@@ -1,0 +1,573 @@
+"""The train loop: runs a spec's stages in order on the device mesh, with exact checkpoint/resume.
+
+``train(spec, run_dir, source_factory=...)``:
+
+1. Checks everything that can be checked before compiling anything (``preflight``): resolutions, batch and
+   micro-batch layout over devices and processes, ``init: checkpoint:PATH`` paths, the data source, and that the run
+   directory does not belong to a different spec. Problems are ``ClipaError``s naming the field.
+2. Resumes automatically from the latest checkpoint in ``RUN_DIR/checkpoints`` (parameters, optimiser state, step,
+   stage, RNG, every process's data-source position, cost meter), including in the middle of a later stage.
+3. Runs each stage with a fresh optimiser and schedule (``trainer.optim``). A stage starts from scratch, from the
+   previous stage's final weights (``previous``; learned position embeddings resampled to the new resolution), or
+   from any checkpoint (``checkpoint:PATH``).
+4. Saves checkpoints every ``train.checkpoint_every_steps`` global steps, at the end of every stage, and on
+   SIGTERM/SIGINT (then raises ``TrainingInterrupted``). A NaN/inf loss or gradient raises
+   ``telemetry.NonFiniteError`` without saving, so the last checkpoint stays the last good one.
+
+The training step (``make_train_step``) is one jitted function with the state donated: forward both towers (image
+tokens masked per the stage, ``trainer.masking``), the global-batch contrastive loss (``trainer.losses``), gradients,
+AdamW update. With ``train.micro_batch`` set, gradients are accumulated exactly (``loss_and_grads``): because the
+contrastive loss couples every sample with every other one, summing per-micro-batch losses would be a different
+(and worse) objective. Instead (the "GradCache" scheme, Gao et al. 2021):
+
+  a. embed every micro-batch without keeping activations (forward only);
+  b. compute the global loss from all embeddings, and its gradient with respect to each embedding and the
+     temperature (cheap: B x E numbers);
+  c. for each micro-batch, recompute its forward pass and back-propagate that micro-batch's embedding gradients
+     (a VJP), summing the parameter gradients.
+
+By the chain rule this is the full-batch gradient; it differs only by float summation order. It costs one extra
+forward pass and holds one micro-batch's activations at a time. Masks do not change with micro-batching because
+each sample's mask key comes from its global index in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from planner.cost import dollars_for_flops, stage_tokens
+from planner.errors import ClipaError
+from planner.flops import stage_flops
+from planner.hardware import get_hardware
+from planner.spec import RunSpec, Stage, spec_from_dict
+from planner.variants import decode_variant
+from trainer import checkpoint as ckpt
+from trainer import mesh as meshlib
+from trainer.losses import clip_loss
+from trainer.masking import sample_keys
+from trainer.model import (
+    LOGIT_SCALE_MAX,
+    MaskConfig,
+    ModelConfig,
+    adapt_params,
+    bind,
+    check_resolution,
+    init_params,
+    mask_for_batch,
+)
+from trainer.optim import make_optimizer
+from trainer.telemetry import CostMeter, NonFiniteError, RateWindow, Telemetry
+
+SPEC_FILE = "spec.json"
+SourceFactory = Callable[[RunSpec, int, int, int], Any]
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and the same command resumes from it."""
+
+    def __init__(self, signum: int, global_step: int, run_dir: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped at global step {global_step}; checkpoint saved in {run_dir}; "
+                         f"rerun the same command to resume")
+        self.signum = signum
+        self.global_step = global_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    final_loss: float | None
+    cost: dict
+    cfg: ModelConfig  # the last stage's model configuration
+    params: Any  # the final parameters (device arrays)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# keys and state
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _root_key(seed: int) -> jax.Array:
+    return jax.random.PRNGKey(seed)
+
+
+def params_key(seed: int, stage_index: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(_root_key(seed), 0), stage_index)
+
+
+def stage_rng(seed: int, stage_index: int) -> jax.Array:
+    """The stage's base key; step ``s`` uses fold_in(key, s), so resuming needs only this key and the step."""
+    return jax.random.fold_in(jax.random.fold_in(_root_key(seed), 1), stage_index)
+
+
+def make_state(params, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
+    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
+def state_layout(cfg: ModelConfig, tx, mesh, sharding_mode: str) -> tuple[Any, Any]:
+    """(abstract state, shardings) for a stage."""
+    abstract = jax.eval_shape(lambda: make_state(init_params(cfg, jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(0)))
+    sh = meshlib.state_shardings(abstract, mesh, sharding_mode)
+    sh["step"] = meshlib.replicated(mesh)
+    sh["rng"] = meshlib.replicated(mesh)
+    return abstract, sh
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# loss, gradients, step
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _temperature(logit_scale: jax.Array) -> jax.Array:
+    return jnp.exp(jnp.minimum(logit_scale, LOGIT_SCALE_MAX))
+
+
+def loss_and_grads(cfg: ModelConfig, mask: MaskConfig, mesh, params, batch: dict, step_key: jax.Array,
+                   micro_batches: int = 1) -> tuple[jax.Array, Any]:
+    """Global-batch contrastive loss and its parameter gradients (traceable; see the module docstring)."""
+    images, tokens = batch["images"], batch["tokens"]
+    n = images.shape[0]
+    bsh = meshlib.batch_sharding(mesh)
+    keys = None
+    if mask.active:
+        idx = jax.lax.with_sharding_constraint(jnp.arange(n, dtype=jnp.int32), bsh)
+        keys = sample_keys(step_key, idx)
+    keep = mask_for_batch(cfg, mask, keys)
+
+    def embed(p, imgs, toks, kp):
+        m = bind(cfg, p)
+        return m.encode_image(imgs, kp), m.encode_text(toks)
+
+    if micro_batches == 1:
+        def loss_fn(p):
+            img, txt = embed(p, images, tokens, keep)
+            return clip_loss(img, txt, _temperature(p["logit_scale"]), mesh)
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    mbs = micro_batches
+    per = n // mbs
+    split_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, meshlib.DATA_AXIS))
+
+    def split(x):  # [B, ...] -> [M, B/M, ...]; micro-batch m holds rows j*M + m, so each stays spread over devices
+        y = x.reshape((per, mbs) + x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(y, split_sh)
+
+    def join(y):  # inverse of split
+        return jax.lax.with_sharding_constraint(y.swapaxes(0, 1).reshape((n,) + y.shape[2:]), bsh)
+
+    xs = {"images": split(images), "tokens": split(tokens)}
+    if keep is not None:
+        xs["keep"] = split(keep)
+
+    # (a) all embeddings, forward only
+    def fwd(mb):
+        return embed(params, mb["images"], mb["tokens"], mb.get("keep"))
+
+    img_m, txt_m = jax.lax.map(fwd, xs)
+    img_all, txt_all = join(img_m), join(txt_m)
+
+    # (b) the global loss and its gradient w.r.t. every embedding and the temperature parameter
+    def global_loss(img, txt, ls):
+        return clip_loss(img, txt, _temperature(ls), mesh)
+
+    loss, (g_img, g_txt, g_ls) = jax.value_and_grad(global_loss, argnums=(0, 1, 2))(
+        img_all, txt_all, params["logit_scale"]
+    )
+
+    # (c) per micro-batch: recompute the forward pass and pull its embedding gradients back to the parameters
+    def body(acc, inp):
+        mb, gi, gt = inp
+        _, vjp = jax.vjp(lambda p: embed(p, mb["images"], mb["tokens"], mb.get("keep")), params)
+        (gp,) = vjp((gi, gt))
+        return jax.tree.map(jnp.add, acc, gp), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, _ = jax.lax.scan(body, zeros, (xs, split(g_img), split(g_txt)))
+    grads["logit_scale"] = grads["logit_scale"] + g_ls
+    return loss, grads
+
+
+def make_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, micro_batch: int | None, mesh, tx,
+                    schedule, shardings) -> Callable:
+    """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated."""
+    micro = (stage.batch_size // micro_batch) if micro_batch else 1
+
+    def step(state, batch):
+        params = state["params"]
+        step_key = jax.random.fold_in(state["rng"], state["step"])
+        loss, grads = loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro)
+        updates, opt = tx.update(grads, state["opt"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state["step"]),
+            "temperature": _temperature(params["logit_scale"]),
+        }
+        return {"params": new_params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}, metrics
+
+    return jax.jit(
+        step,
+        donate_argnums=(0,),
+        in_shardings=(shardings, meshlib.batch_sharding(mesh)),
+        out_shardings=(shardings, meshlib.replicated(mesh)),
+    )
+
+
+_FINGERPRINT = jax.jit(lambda p: jax.tree.map(lambda x: jnp.stack([jnp.sum(x), jnp.sum(x * x)]), p))
+
+
+def param_fingerprint(params) -> str:
+    """A short digest of the parameters (per-array sum and sum of squares, computed on device, so it works for
+    sharded and multi-host arrays): equal parameters give equal digests."""
+    sums = jax.tree.leaves(jax.device_get(_FINGERPRINT(params)))
+    blob = np.concatenate([np.asarray(s, np.float32).ravel() for s in sums]).tobytes()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# checks before training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def default_source_factory(spec: RunSpec) -> SourceFactory:
+    """``trainer.data.pipeline.make_train_source`` for a spec with ``data``; a ClipaError when unusable."""
+    if spec.data is None:
+        raise ClipaError("data", "the spec names no training data (data: FOLDER|SHARDS|URL); use --synthetic for a "
+                                 "synthetic run")
+    try:
+        from trainer.data.pipeline import make_train_source
+    except ImportError as e:
+        raise ClipaError(
+            "data", f"the input pipeline (trainer.data.pipeline.make_train_source) is not available ({e}); "
+                    "use --synthetic for a synthetic run"
+        ) from None
+    return make_train_source
+
+
+def preflight(spec: RunSpec, mesh) -> None:
+    """Every check that can fail before compiling anything; ClipaErrors name the field."""
+    v = decode_variant(spec.model)
+    for i, st in enumerate(spec.stages):
+        check_resolution(v, st.image_res, field=f"stages[{i}].image_res")
+        if st.text_len > v.max_text_len:
+            raise ClipaError(f"stages[{i}].text_len", f"{st.text_len} exceeds {v.name}'s {v.max_text_len} positions")
+        meshlib.check_layout(st.batch_size, mesh, spec.train.micro_batch, field=f"stages[{i}].batch_size")
+        if st.init.startswith("checkpoint:"):
+            ckpt.resolve_checkpoint(st.init.split(":", 1)[1], field=f"stages[{i}].init")
+
+
+def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
+    """Refuse a run directory that holds another spec's run; write the spec into a new one."""
+    path = run_dir / SPEC_FILE
+    if path.exists():
+        try:
+            old = spec_from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        except (ClipaError, json.JSONDecodeError) as e:
+            raise ClipaError("run_dir", f"{path} is not a readable run spec ({e}); use another run directory") from None
+        if old.run_id != spec.run_id:
+            raise ClipaError(
+                "run_dir",
+                f"{run_dir} holds run {old.run_id} ({old.model}: {old.schedule}), not this spec's run {spec.run_id}; "
+                "use another --run-dir (a run directory belongs to one spec)",
+            )
+        return
+    if (run_dir / ckpt.CHECKPOINT_DIR).exists() and any((run_dir / ckpt.CHECKPOINT_DIR).iterdir()):
+        raise ClipaError("run_dir", f"{run_dir} has checkpoints but no {SPEC_FILE}; use another --run-dir")
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec.write(path)
+
+
+def check_batch(batch: Any, stage: Stage, stage_index: int, local: int) -> dict[str, np.ndarray]:
+    """A ClipaError unless the source's batch has the interface's fields, shapes and dtypes."""
+    field = f"data (stage {stage_index + 1})"
+    if not isinstance(batch, dict) or "images" not in batch or "tokens" not in batch:
+        raise ClipaError(field, "the source must return a dict with 'images' and 'tokens'")
+    imgs, toks = np.asarray(batch["images"]), np.asarray(batch["tokens"])
+    want_i = (local, stage.image_res, stage.image_res, 3)
+    if imgs.shape != want_i or imgs.dtype != np.uint8:
+        raise ClipaError(field, f"images must be uint8 {list(want_i)}, got {imgs.dtype} {list(imgs.shape)}")
+    want_t = (local, stage.text_len)
+    if toks.shape != want_t or not np.issubdtype(toks.dtype, np.integer):
+        raise ClipaError(field, f"tokens must be int32 {list(want_t)}, got {toks.dtype} {list(toks.shape)}")
+    return {"images": imgs, "tokens": toks.astype(np.int32, copy=False)}
+
+
+def _vocab(spec: RunSpec, source: Any, vocab_size: int | None, eot_id: int | None) -> tuple[int, int | None]:
+    if vocab_size is None:
+        vocab_size = getattr(source, "vocab_size", None)
+        if eot_id is None:
+            eot_id = getattr(source, "eot_id", None)
+    if vocab_size is None and (spec.tokenizer or spec.data):
+        try:
+            from trainer.data.tokenizer import find_tokenizer, load_tokenizer
+        except ImportError:
+            pass
+        else:
+            tok = load_tokenizer(find_tokenizer(spec.tokenizer, spec.data))
+            vocab_size, eot_id = tok.vocab_size, (tok.eot_id if eot_id is None else eot_id)
+    return int(vocab_size or decode_variant(spec.model).vocab_size), eot_id
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# signals
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _StopFlag:
+    """Turns the first SIGTERM/SIGINT into a request to checkpoint and stop; a second one acts as usual."""
+
+    def __init__(self, enabled: bool):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def requested(self) -> int | None:
+        if jax.process_count() > 1:  # every process must stop at the same step to save one checkpoint together
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.asarray([self.signum or 0], np.int32))
+            nz = [int(f) for f in np.ravel(flags) if f]
+            return nz[0] if nz else None
+        return self.signum
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _say(msg: str, on: bool) -> None:
+    if on and jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def train(
+    spec: RunSpec,
+    run_dir: str | Path,
+    source_factory: SourceFactory | None = None,
+    *,
+    vocab_size: int | None = None,
+    eot_id: int | None = None,
+    devices: list | None = None,
+    progress: bool = True,
+    handle_signals: bool = True,
+    max_to_keep: int | None = 3,
+) -> TrainResult:
+    """Run (or resume) ``spec`` in ``run_dir``. See the module docstring."""
+    run_dir = Path(run_dir).absolute()
+    factory = source_factory or default_source_factory(spec)
+    mesh = meshlib.make_mesh(devices)
+    n_dev = mesh.devices.size
+    pidx, pcount = jax.process_index(), jax.process_count()
+    primary = pidx == 0
+    preflight(spec, mesh)
+    check_run_dir(spec, run_dir)
+    hw = get_hardware(spec.hardware)
+    store = ckpt.Checkpoints(run_dir / ckpt.CHECKPOINT_DIR, max_to_keep=max_to_keep)
+
+    # ---- where to start ------------------------------------------------------------------------------------------
+    latest = store.latest_step()
+    meta = store.meta(latest) if latest is not None else None
+    if meta is not None and meta.get("run_id") != spec.run_id:
+        raise ClipaError("run_dir", f"checkpoint {latest} in {run_dir} belongs to run {meta.get('run_id')}, "
+                                    f"not {spec.run_id}")
+    start_stage, start_step, global_step = 0, 0, 0
+    cost = CostMeter()
+    carried: tuple[ModelConfig, Any] | None = None  # (config, params) the next stage may start from
+    if meta is not None:
+        start_stage, start_step, global_step = meta["stage"], meta["stage_step"], meta["global_step"]
+        cost = CostMeter.from_dict(meta.get("cost"))
+        vocab_size, eot_id = meta["model"]["vocab_size"], meta["model"].get("eot_id")
+        if start_step >= spec.stages[start_stage].steps:  # resumed at a stage boundary
+            prev_cfg = ckpt.config_from_meta(meta, dtype=ModelConfig.for_stage(spec, start_stage, vocab_size).dtype,
+                                             remat=spec.train.remat)
+            carried = (prev_cfg, _restore_params(store, latest, prev_cfg, mesh, spec.train.sharding))
+            start_stage, start_step = start_stage + 1, 0
+    total_steps = sum(st.steps for st in spec.stages)
+    if start_stage >= len(spec.stages):
+        _say(f"run {spec.run_id} is already complete ({global_step} steps) in {run_dir}", progress)
+        store.close()
+        return TrainResult(run_dir, global_step, None, cost.to_dict(), carried[0], carried[1])
+    if meta is not None:
+        _say(f"resuming run {spec.run_id} at stage {start_stage + 1}, step {start_step} (global step {global_step})",
+             progress)
+
+    tele = Telemetry(run_dir, total_steps, primary=primary, progress=progress,
+                     resume_global_step=global_step if meta is not None else None)
+    if meta is not None:
+        tele.event({"kind": "resume", "global_step": global_step, "stage": start_stage, "stage_step": start_step})
+    stop = _StopFlag(handle_signals)
+    last_saved = latest
+    final_loss = None
+    cfg = None
+    state = None
+    try:
+        for k in range(start_stage, len(spec.stages)):
+            st = spec.stages[k]
+            source = factory(spec, k, pidx, pcount)
+            if k == start_stage and meta is None or (k == start_stage and vocab_size is None):
+                vocab_size, eot_id = _vocab(spec, source, vocab_size, eot_id)
+            cfg = ModelConfig.for_stage(spec, k, vocab_size, eot_id)
+            mask = MaskConfig.for_stage(st)
+            tx, schedule = make_optimizer(st, spec.train)
+            abstract, shardings = state_layout(cfg, tx, mesh, spec.train.sharding)
+            resuming_mid_stage = k == start_stage and start_step > 0
+            if resuming_mid_stage:
+                params, opt = store.restore(
+                    latest,
+                    ckpt.abstract_like(abstract["params"], shardings["params"]),
+                    ckpt.abstract_like(abstract["opt"], shardings["opt"]),
+                )
+                state = {
+                    "params": params,
+                    "opt": opt,
+                    "step": jax.device_put(jnp.asarray(start_step, jnp.int32), shardings["step"]),
+                    "rng": jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), shardings["rng"]),
+                }
+                source.set_state(meta["data_states"][pidx])
+                init_from = f"checkpoint {latest} (resume)"
+            else:
+                params, init_from = _stage_params(spec, k, cfg, carried, mesh, shardings["params"])
+                state = jax.jit(lambda p, r: make_state(p, tx, r), out_shardings=shardings)(
+                    params, stage_rng(spec.seed, k)
+                )
+                del params
+                tele.event({"kind": "stage_start", "global_step": global_step, "stage": k, "init": init_from,
+                            "params_fingerprint": param_fingerprint(state["params"]), "image_res": st.image_res,
+                            "text_len": st.text_len, "mask": mask.strategy, "mask_ratio": mask.ratio})
+            carried = None
+            step_fn = make_train_step(cfg, mask, st, spec.train.micro_batch, mesh, tx, schedule, shardings)
+
+            flops_step = stage_flops(spec.model, st).train_per_sample * st.batch_size
+            usd_step = dollars_for_flops(flops_step, stage_tokens(spec.model, st), cfg.variant.image.width,
+                                         spec.hardware, spec.pricing)
+            later_flops = sum(stage_flops(spec.model, s2).total for s2 in spec.stages[k + 1:])
+            local = meshlib.local_batch_size(st.batch_size)
+            rate = RateWindow()
+
+            def fetch():
+                return meshlib.global_batch(check_batch(source.next_batch(), st, k, local), mesh, st.batch_size)
+
+            s = start_step if k == start_stage else 0
+            batch = fetch() if s < st.steps else None
+            t_last = time.perf_counter()
+            while s < st.steps:
+                data_state = source.get_state()  # the position after this step's batch, before the next is read
+                state, metrics = step_fn(state, batch)
+                s += 1
+                global_step += 1
+                batch = fetch() if s < st.steps else None  # reads the next batch while the device computes
+                m = {name: float(v) for name, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                wall, t_last = now - t_last, now
+                rate.tick()
+                if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+                    store.wait()
+                    raise NonFiniteError(
+                        f"non-finite {'loss' if not math.isfinite(m['loss']) else 'gradient'} at stage {k + 1} step "
+                        f"{s} (global step {global_step}): loss={m['loss']}, grad_norm={m['grad_norm']}; no checkpoint "
+                        f"was written for it; the last good checkpoint is "
+                        f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in {store.directory}",
+                        global_step, last_saved,
+                    )
+                final_loss = m["loss"]
+                cost.add(st.batch_size, flops_step, usd_step, wall, n_dev)
+                sps_step = rate.seconds_per_step()
+                sps = st.batch_size / sps_step if sps_step else None
+                mfu = flops_step / sps_step / (hw.peak_flops * n_dev) if sps_step else None
+                eta = ((st.steps - s) * sps_step + later_flops / (flops_step / sps_step)) if sps_step else None
+                if s % spec.train.log_every_steps == 0 or s == st.steps:
+                    tele.log_step({
+                        "global_step": global_step, "stage": k, "stage_step": s, "samples": cost.samples,
+                        **m, "samples_per_s": sps, "mfu": mfu, "usd": cost.usd, "usd_wall":
+                        cost.device_s / 3600 * hw.price(spec.pricing).usd_per_device_hour,
+                        "data_state": data_state,
+                    })
+                tele.update_bar(global_step, k, len(spec.stages), s, st.steps, m["loss"], sps, mfu, cost.usd, eta)
+                signum = stop.requested()
+                if s == st.steps or global_step % spec.train.checkpoint_every_steps == 0 or signum:
+                    store.save(global_step, state["params"], state["opt"], {
+                        "version": ckpt.META_VERSION, "run_id": spec.run_id, "stage": k, "stage_step": s,
+                        "stage_steps": st.steps, "global_step": global_step,
+                        "rng": [int(x) for x in np.asarray(jax.device_get(state["rng"])).ravel()],
+                        "data_states": ckpt.gather_json(data_state), "cost": cost.to_dict(),
+                        "model": ckpt.model_meta(cfg), "loss": m["loss"],
+                    })
+                    last_saved = global_step
+                if signum:
+                    store.wait()
+                    raise TrainingInterrupted(signum, global_step, run_dir)
+            tele.event({"kind": "stage_end", "global_step": global_step, "stage": k,
+                        "params_fingerprint": param_fingerprint(state["params"]), "loss": final_loss})
+            carried = (cfg, state["params"])
+        store.wait()
+        return TrainResult(run_dir, global_step, final_loss, cost.to_dict(), cfg, state["params"])
+    finally:
+        stop.restore()
+        tele.close()
+        store.close()
+
+
+def _restore_params(store: ckpt.Checkpoints, step: int, cfg: ModelConfig, mesh, mode: str):
+    from trainer.model import abstract_params
+
+    ap = abstract_params(cfg)
+    sh = meshlib.state_shardings(ap, mesh, mode)
+    params, _ = store.restore(step, ckpt.abstract_like(ap, sh))
+    return params
+
+
+def _stage_params(spec: RunSpec, k: int, cfg: ModelConfig, carried, mesh, shardings) -> tuple[Any, str]:
+    """A stage's starting parameters (with the stage's shardings) and where they came from."""
+    st = spec.stages[k]
+    if st.init == "scratch":
+        params = jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings)(params_key(spec.seed, k))
+        return params, "scratch"
+    if st.init == "previous":
+        if carried is None:
+            raise ClipaError(f"stages[{k}].init", "'previous' but no earlier stage's weights are available")
+        src_cfg, src_params = carried
+        return jax.device_put(adapt_params(src_params, src_cfg, cfg), shardings), f"stage {k}"
+    path = st.init.split(":", 1)[1]
+    directory, step = ckpt.resolve_checkpoint(path, field=f"stages[{k}].init")
+    src_store = ckpt.Checkpoints(directory, read_only=True, async_save=False)
+    try:
+        src_cfg = ckpt.config_from_meta(src_store.meta(step), dtype=cfg.dtype, remat=cfg.remat)
+        params = _restore_params(src_store, step, src_cfg, mesh, spec.train.sharding)
+    finally:
+        src_store.close()
+    try:
+        params = adapt_params(params, src_cfg, cfg)
+    except ClipaError as e:
+        raise ClipaError(f"stages[{k}].init", f"{path}: {e.message}") from None
+    return jax.device_put(params, shardings), f"checkpoint {directory}/{step}"
