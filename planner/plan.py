@@ -1,0 +1,208 @@
+"""``clipa plan``: the best predicted recipe within a budget, its uncertainty, and the run specs to execute it.
+
+Steps: enumerate and price candidates (``planner.search``), keep those within budget, predict each with the fitted
+accuracy model, rank by the objective (``mean``: predicted top-1; ``p10``: the low end of the 80% interval, for a
+cautious user), and write ``plans/<plan-id>/plan.json`` plus one run spec per run. The plan id hashes the request
+and the fit version, so the same question on the same fit gives the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from planner import paths
+from planner.cost import cost_stages
+from planner.datasets import canonical_dataset
+from planner.errors import ClipaError
+from planner.hardware import catalog, default_pricing, get_hardware
+from planner.schedule import format_schedule
+from planner.search import Predictor, SearchSpace, candidate_stages, enumerate_candidates, frontier, space_for
+from planner.spec import RunSpec, spec_from_dict
+from planner.store import atomic_write_text
+
+Objective = Literal["mean", "p10"]
+_BUDGET_RE = re.compile(r"^\$?\s*([0-9][0-9,_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmM]?)$")
+
+
+def parse_budget(text: str) -> float:
+    """'10000', '$10,000', '10k', '1.5M', or a preset name from budgets/presets.yaml."""
+    import yaml
+
+    t = str(text).strip()
+    presets_path = paths.budgets_dir() / "presets.yaml"
+    if presets_path.exists():
+        presets = yaml.safe_load(presets_path.read_text()) or {}
+        if t in presets:
+            return float(presets[t]["usd"])
+    m = _BUDGET_RE.match(t)
+    if not m:
+        raise ClipaError("budget", f"{text!r} is not an amount in USD (e.g. 10000, 10k, $2,500) or a preset name")
+    value = float(m.group(1).replace(",", "").replace("_", "")) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
+    if not value > 0 or value != value or value == float("inf"):
+        raise ClipaError("budget", f"budget must be a positive amount, got {text!r}")
+    return value
+
+
+@dataclass
+class PlanResult:
+    plan_id: str
+    plan_dir: Path
+    body: dict[str, Any]
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ClipaError("out", f"cannot write to {directory}: {e.strerror or e}") from None
+
+
+def _candidate_dict(row, space: SearchSpace, dataset: str) -> dict[str, Any]:
+    stages = candidate_stages(row, space)
+    return {
+        "model": row.model,
+        "dataset": dataset,
+        "schedule": format_schedule(stages, row.model),
+        "cost_usd": float(row.cost_usd),
+        "device_hours": float(row.device_hours),
+        "flops": float(row.flops),
+        "predicted_top1": float(row.predicted_top1),
+        "interval": [float(row.low), float(row.high)],
+        "extrapolated": bool(row.extrapolated),
+    }
+
+
+def make_plan(
+    budget_usd: float,
+    predictor: Predictor,
+    fit_version: str,
+    hardware: str | None = None,
+    pricing: str | None = None,
+    dataset: str = "datacomp-1b",
+    objective: Objective = "mean",
+    top: int = 5,
+    out: Path | None = None,
+) -> PlanResult:
+    """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget."""
+    dataset = canonical_dataset(dataset)
+    hw = get_hardware(hardware or "a100-80gb")
+    pricing = pricing or default_pricing(hw.name)
+    hw.price(pricing)  # validates the pricing name before any work
+    if objective not in ("mean", "p10"):
+        raise ClipaError("objective", f"{objective!r} is not 'mean' or 'p10'")
+    if out is not None:
+        check_writable(out)
+
+    space = space_for(hw)
+    cands = enumerate_candidates(space, hw.name, pricing)
+    considered = len(cands)
+    affordable = cands[cands["cost_usd"] <= budget_usd]
+    if affordable.empty:
+        cheapest = cands.loc[cands["cost_usd"].idxmin()]
+        sched = format_schedule(candidate_stages(cheapest, space), cheapest.model)
+        raise ClipaError(
+            "budget",
+            f"${budget_usd:,.2f} buys no candidate on {hw.name} ({pricing}); the cheapest plan is {cheapest.model} "
+            f"'{sched}' at ${cheapest.cost_usd:,.2f}",
+        )
+    pred = predictor(affordable.assign(dataset=dataset))
+    ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]])
+    key = "predicted_top1" if objective == "mean" else "low"
+    # Ties (equal predictions) go to the cheaper candidate.
+    ranked = ranked.sort_values([key, "cost_usd"], ascending=[False, True])
+    chosen_row = next(ranked.itertuples())
+    chosen = _candidate_dict(chosen_row, space, dataset)
+    runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
+
+    stages = candidate_stages(chosen_row, space)
+    spec = spec_from_dict({
+        "model": chosen_row.model, "dataset": dataset, "hardware": hw.name, "pricing": pricing,
+        "stages": [s.model_dump(mode="json") for s in stages],
+    })
+    other_hw = []
+    for name, other in catalog().items():
+        for pr in other.prices:
+            c = cost_stages(spec.model, spec.stages, name, pr)
+            other_hw.append({"hardware": name, "pricing": pr, "device_hours": c.device_hours, "cost_usd": c.cost_usd})
+    front = frontier(ranked, value=key)
+
+    request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
+               "objective": objective, "fit_version": fit_version}
+    plan_id = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
+    plan_dir = out or (paths.plans_dir() / plan_id)
+    check_writable(plan_dir)
+    spec_path = plan_dir / "runs" / f"{spec.run_id}.yaml"
+    body = {
+        "plan_id": plan_id,
+        **request,
+        "candidates_considered": considered,
+        "candidates_within_budget": int(len(affordable)),
+        "chosen": {**chosen, "run_id": spec.run_id, "spec": str(spec_path)},
+        "runners_up": runners,
+        "frontier": front.to_dict(orient="records"),
+        "other_hardware": other_hw,
+        "runs": [{"run_id": spec.run_id, "spec": str(spec_path), "prediction": {
+            "predicted_top1": chosen["predicted_top1"], "low": chosen["interval"][0], "high": chosen["interval"][1],
+            "extrapolated": chosen["extrapolated"], "fit_version": fit_version}}],
+    }
+    spec.write(spec_path)
+    atomic_write_text(plan_dir / "plan.json", json.dumps(body, indent=2) + "\n")
+    return PlanResult(plan_id, plan_dir, body)
+
+
+def load_plan(plan_dir: Path) -> tuple[dict[str, Any], list[tuple[RunSpec, dict[str, Any]]]]:
+    """The plan body and its runs' specs with the prediction recorded for each."""
+    from planner.spec import load_spec
+
+    p = Path(plan_dir) / "plan.json"
+    try:
+        body = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ClipaError("plan", f"no plan.json in {plan_dir}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ClipaError("plan", f"{p} is unreadable: {e}") from None
+    runs = []
+    for r in body.get("runs", []):
+        spec_path = Path(r["spec"])
+        if not spec_path.is_absolute() and not spec_path.exists():
+            spec_path = Path(plan_dir) / "runs" / spec_path.name
+        runs.append((load_spec(spec_path), r.get("prediction") or {}))
+    return body, runs
+
+
+def plot_frontier(body: dict[str, Any], path: Path, ranked: pd.DataFrame | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = pd.DataFrame(body["frontier"])
+    key = "predicted_top1" if body["objective"] == "mean" else "low"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.step(f["cost_usd"], f[key], where="post", label="best predicted top-1 at each cost")
+    c = body["chosen"]
+    ax.errorbar([c["cost_usd"]], [c["predicted_top1"]],
+                yerr=[[c["predicted_top1"] - c["interval"][0]], [c["interval"][1] - c["predicted_top1"]]],
+                fmt="o", color="C3", capsize=4, label=f"chosen: {c['model']} {c['schedule']}")
+    ax.axvline(body["budget_usd"], color="grey", ls="--", lw=1, label="budget")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost (USD, {body['hardware']} {body['pricing']})")
+    ax.set_ylabel("predicted zero-shot top-1 (%)")
+    ax.set_title(f"clipa plan --budget {body['budget_usd']:,.0f}  ({body['dataset']})")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,273 @@
+"""Candidate search: enumerate CLIPA recipes, price each with the cost model, predict each, rank within a budget.
+
+A candidate is a model variant, one pre-training stage (resolution, text length and reduction, samples, batch) and
+zero, one or two full-resolution fine-tune stages (resolution, samples, random mask ratio). The space is a grid
+(``SearchSpace``) chosen per hardware kind: web-scale models and samples on accelerators, tiny towers on the CPU
+profile. Pricing is vectorised: per-sample FLOPs and MFU come from the one FLOP counter and cost model for each
+distinct stage shape (a few hundred), then scale with samples; pydantic stages are built only for the plans shown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from planner.cost import stage_tokens
+from planner.flops import stage_flops
+from planner.hardware import Hardware, get_hardware
+from planner.schedule import default_lr_base, default_warmup
+from planner.spec import ImageMask, Stage, TextReduction
+from planner.variants import decode_variant
+
+FULL_TEXT = 32
+
+
+@dataclass(frozen=True)
+class FinetuneStage:
+    res: int
+    samples: int
+    mask_ratio: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    models: tuple[str, ...]
+    pretrain_res: dict[int, tuple[int, ...]]  # patch -> resolutions
+    text_lens: tuple[int, ...]
+    pretrain_samples: tuple[int, ...]
+    finetunes: tuple[tuple[FinetuneStage, ...], ...]  # each option: 0, 1 or 2 stages
+    min_batch: int
+    max_batch: int
+    steps_per_batch_doubling: int = 3000  # batch grows with samples so that runs take at least ~this many steps
+    full_res: int = 224
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        n = 0
+        for m in self.models:
+            n += len(self.pretrain_res[decode_variant(m).patch]) * len(self.text_lens) * len(self.pretrain_samples)
+        return n * len(self.finetunes)
+
+
+def _geom(lo: float, hi: float, n: int) -> tuple[int, ...]:
+    return tuple(int(round(x, -int(math.floor(math.log10(x))) + 2)) for x in np.geomspace(lo, hi, n))
+
+
+def accelerator_space() -> SearchSpace:
+    fts: list[tuple[FinetuneStage, ...]] = [()]
+    for samples in (128_000_000, 256_000_000, 512_000_000):
+        for mask in (0.0, 0.3, 0.5):
+            one = (FinetuneStage(224, samples, mask),)
+            fts.append(one)
+            for s336 in (64_000_000, 128_000_000):
+                fts.append(one + (FinetuneStage(336, s336, 0.4),))
+    return SearchSpace(
+        models=("S/16", "B/16", "L/16", "L/14", "H/14", "g/14", "bigG/14"),
+        pretrain_res={14: (56, 70, 84, 112, 140, 168, 224), 16: (64, 80, 96, 112, 128, 160, 224)},
+        text_lens=(8, 16, 32),
+        pretrain_samples=_geom(1.28e8, 3.2e10, 20),
+        finetunes=tuple(fts),
+        min_batch=4_096,
+        max_batch=65_536,
+    )
+
+
+def cpu_space() -> SearchSpace:
+    """Tiny towers on generated data, for the local profile: runs of seconds to tens of minutes."""
+    fts: list[tuple[FinetuneStage, ...]] = [()]
+    for samples in (4_000, 16_000, 64_000):
+        for mask in (0.0, 0.3, 0.5):
+            fts.append((FinetuneStage(64, samples, mask),))
+    return SearchSpace(
+        models=("mu/8", "mini/8", "xs/8"),
+        pretrain_res={8: (16, 24, 32, 48, 64)},
+        text_lens=(8, 16, 32),
+        pretrain_samples=_geom(1e4, 3.2e6, 16),
+        finetunes=tuple(fts),
+        min_batch=32,
+        max_batch=256,
+        steps_per_batch_doubling=200,
+        full_res=64,
+    )
+
+
+def space_for(hw: Hardware) -> SearchSpace:
+    return cpu_space() if hw.kind == "cpu" else accelerator_space()
+
+
+def batch_for(samples: int, space: SearchSpace) -> int:
+    """Largest power of two giving at least ``steps_per_batch_doubling`` steps, within the space's bounds."""
+    b = 2 ** int(math.floor(math.log2(max(samples / space.steps_per_batch_doubling, 1))))
+    return int(min(max(b, space.min_batch), space.max_batch))
+
+
+def ft_batch(ft: FinetuneStage, space: SearchSpace) -> int:
+    cap = space.max_batch // 2 if ft.res <= space.full_res else space.max_batch // 4
+    return int(min(batch_for(ft.samples, space), max(cap, space.min_batch)))
+
+
+def make_stage(model: str, index: int, samples: int, batch: int, res: int, text_len: int, mask: float,
+               prev_finetunes: int = 0) -> Stage:
+    tred = TextReduction.syntax if (index == 0 and text_len < FULL_TEXT) else TextReduction.truncate
+    return Stage(
+        samples=int(samples), batch_size=int(batch), image_res=int(res),
+        image_mask=ImageMask.random if mask > 0 else ImageMask.none, mask_ratio=float(mask),
+        text_len=int(text_len), text_reduction=tred,
+        lr_base=default_lr_base(index, samples, model, prev_finetunes),
+        warmup_samples=min(default_warmup(index, samples), int(samples)),
+        init="scratch" if index == 0 else "previous",
+    )
+
+
+class _PerSample:
+    """Per-sample training FLOPs and device-seconds for each distinct stage shape, from the one cost model."""
+
+    def __init__(self, hw: Hardware):
+        self.hw = hw
+        self.cache: dict[tuple, tuple[float, float]] = {}
+
+    def __call__(self, model: str, res: int, text_len: int, mask: float, batch: int, index: int) -> tuple[float, float]:
+        key = (model, res, text_len, mask, batch, index > 0)
+        if key not in self.cache:
+            st = make_stage(model, index, 1_000_000, batch, res, text_len, mask)
+            flops = stage_flops(model, st).train_per_sample
+            mfu = self.hw.mfu.mfu(stage_tokens(model, st), decode_variant(model).image.width)
+            self.cache[key] = (flops, flops / (self.hw.peak_flops * mfu))
+        return self.cache[key]
+
+
+def enumerate_candidates(space: SearchSpace, hardware: str, pricing: str) -> pd.DataFrame:
+    """Every candidate with its stages (flat columns) and its cost on ``hardware`` at ``pricing``."""
+    hw = get_hardware(hardware)
+    rate = hw.price(pricing).usd_per_device_hour
+    per_sample = _PerSample(hw)
+    samples = np.asarray(space.pretrain_samples, dtype=np.float64)
+    batches = np.array([batch_for(int(s), space) for s in samples])
+    n_ft = len(space.finetunes)
+    cols: dict[str, list] = {k: [] for k in ("model", "pt_res", "pt_text", "pt_samples", "pt_batch", "ft_id", "flops", "secs")}
+    for model in space.models:
+        patch = decode_variant(model).patch
+        ft_flops = np.zeros(n_ft)
+        ft_secs = np.zeros(n_ft)
+        for ft_id, ft in enumerate(space.finetunes):
+            for j, stage in enumerate(ft):
+                f, sec = per_sample(model, stage.res, FULL_TEXT, stage.mask_ratio, ft_batch(stage, space), j + 1)
+                ft_flops[ft_id] += f * stage.samples
+                ft_secs[ft_id] += sec * stage.samples
+        for res, text_len in itertools.product(space.pretrain_res[patch], space.text_lens):
+            per = np.array([per_sample(model, res, text_len, 0.0, int(b), 0) for b in batches])
+            # grid: pre-training samples (rows) x fine-tune options (columns), flattened row-major
+            cols["flops"].append((per[:, 0] * samples)[:, None] + ft_flops[None, :])
+            cols["secs"].append((per[:, 1] * samples)[:, None] + ft_secs[None, :])
+            n = len(samples) * n_ft
+            cols["model"].append(np.full(n, model, dtype=object))
+            cols["pt_res"].append(np.full(n, res))
+            cols["pt_text"].append(np.full(n, text_len))
+            cols["pt_samples"].append(np.repeat(samples.astype(np.int64), n_ft))
+            cols["pt_batch"].append(np.repeat(batches, n_ft))
+            cols["ft_id"].append(np.tile(np.arange(n_ft), len(samples)))
+    df = pd.DataFrame({k: np.concatenate([np.ravel(a) for a in v]) for k, v in cols.items()})
+    df["device_hours"] = df.pop("secs") / 3600.0
+    df["cost_usd"] = df["device_hours"] * rate
+    return df
+
+
+def candidate_stages(row, space: SearchSpace) -> list[Stage]:
+    """The pydantic stages of one candidate row."""
+    stages = [make_stage(row.model, 0, row.pt_samples, row.pt_batch, row.pt_res, row.pt_text, 0.0)]
+    for j, ft in enumerate(space.finetunes[int(row.ft_id)]):
+        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio, j))
+    return stages
+
+
+def frontier(df: pd.DataFrame, value: str = "predicted_top1", n_bins: int = 40) -> pd.DataFrame:
+    """Best ``value`` reachable at each cost: the upper envelope of candidates, on a log grid of costs."""
+    d = df.sort_values("cost_usd")
+    best = d[value].cummax()
+    keep = d[value] >= best  # candidates that improve on every cheaper one
+    env = d[keep][["cost_usd", value, "model"]]
+    if len(env) > n_bins:
+        grid = np.geomspace(env["cost_usd"].iloc[0], env["cost_usd"].iloc[-1], n_bins)
+        idx = np.searchsorted(env["cost_usd"].to_numpy(), grid, side="right") - 1
+        env = env.iloc[np.unique(np.clip(idx, 0, len(env) - 1))]
+    return env.reset_index(drop=True)
+
+
+Predictor = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def candidate_features(cands: pd.DataFrame, space: SearchSpace, dataset: str) -> pd.DataFrame:
+    """``planner.features.run_features`` for every candidate row, column-wise (same values; a test checks it)."""
+    from planner.datasets import canonical_dataset
+    from planner.features import FEATURE_COLUMNS, MAX_STAGES, STAGE_FIELDS
+    from planner.flops import image_patches, kept_image_tokens
+    from planner.variants import size_rank
+
+    ds = canonical_dataset(dataset)
+    n_ft = len(space.finetunes)
+    n = len(cands)
+    out: dict[str, np.ndarray] = {}
+    models = cands["model"].to_numpy()
+    ft_id = cands["ft_id"].to_numpy().astype(np.int64)
+    pt_res = cands["pt_res"].to_numpy()
+    pt_text = cands["pt_text"].to_numpy()
+    pt_samples = cands["pt_samples"].to_numpy().astype(np.int64)
+    out["model"] = models
+    out["size"] = np.empty(n, dtype=object)
+    out["patch"] = np.zeros(n, dtype=np.int64)
+    out["n_params"] = np.zeros(n)
+    out["dataset"] = np.full(n, ds, dtype=object)
+    stage = {f: np.zeros((MAX_STAGES, n), dtype=np.float64) for f in STAGE_FIELDS}
+    codes, uniques = pd.factorize(models)
+    max_ft = max((len(o) for o in space.finetunes), default=0)
+    for code, model in enumerate(uniques):
+        sel = codes == code
+        v = decode_variant(model)
+        out["size"][sel] = v.size
+        out["patch"][sel] = v.patch
+        out["n_params"][sel] = 10 ** size_rank(v.size)
+        res_sel = pt_res[sel]
+        lut = {int(r): kept_image_tokens(image_patches(int(r), v.patch), 0.0) for r in np.unique(res_sel)}
+        tokens = np.vectorize(lut.__getitem__, otypes=[np.int64])(res_sel)
+        stage["samples"][0, sel] = pt_samples[sel]
+        stage["image_tokens"][0, sel] = tokens
+        stage["text_len"][0, sel] = pt_text[sel]
+        stage["image_res"][0, sel] = res_sel
+        # per fine-tune option: a (option, stage) table, then gathered by ft_id
+        for j in range(1, max_ft + 1):  # later stage columns stay zero (absent)
+            table = np.zeros((n_ft, len(STAGE_FIELDS)))
+            for k, opt in enumerate(space.finetunes):
+                if j - 1 < len(opt):
+                    st = opt[j - 1]
+                    table[k] = (st.samples, kept_image_tokens(image_patches(st.res, v.patch), st.mask_ratio), FULL_TEXT,
+                                st.mask_ratio, 0.0, st.res)
+            rows = table[ft_id[sel]]
+            for c, f in enumerate(STAGE_FIELDS):
+                stage[f][j, sel] = rows[:, c]
+    n_stages = 1 + np.array([len(o) for o in space.finetunes])[ft_id]
+    out["n_stages"] = n_stages
+    out["total_samples"] = stage["samples"].sum(axis=0).astype(np.int64)
+    out["finetune_samples"] = stage["samples"][1:].sum(axis=0).astype(np.int64)
+    out["pretrain_image_tokens"] = stage["image_tokens"][0].astype(np.int64)
+    out["pretrain_text_len"] = stage["text_len"][0].astype(np.int64)
+    present = stage["samples"] > 0
+    out["max_image_tokens"] = np.where(present, stage["image_tokens"], -np.inf).max(axis=0).astype(np.int64)
+    out["min_text_len"] = np.where(present, stage["text_len"], np.inf).min(axis=0).astype(np.int64)
+    last = n_stages - 1
+    out["final_image_res"] = stage["image_res"][last, np.arange(n)].astype(np.int64)
+    for i in range(MAX_STAGES):
+        for f in STAGE_FIELDS:
+            col = stage[f][i]
+            if f == "block_mask":
+                out[f"s{i}_{f}"] = col.astype(bool)
+            elif f == "mask_ratio":
+                out[f"s{i}_{f}"] = col
+            else:
+                out[f"s{i}_{f}"] = col.astype(np.int64)
+    return pd.DataFrame(out, index=cands.index)[FEATURE_COLUMNS]
