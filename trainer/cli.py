@@ -12,7 +12,9 @@ import sys
 from planner.cli import app, run_app
 
 # module paths with a register(app: typer.Typer) -> None function
-REGISTRARS: list[str] = []
+REGISTRARS: list[str] = [
+    "trainer.tpu.cli",
+]
 
 _registered = False
 

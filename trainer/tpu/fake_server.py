@@ -7,8 +7,8 @@ request/response message classes to (de)serialise. What it implements is what th
 
 It is a deterministic state machine driven by the client's polls, not by wall time, so tests never depend on
 timing. Knobs (``FakeConfig``) inject what the launcher must survive: quota errors on create (RESOURCE_EXHAUSTED),
-slow provisioning (N polls in WAITING_FOR_RESOURCES, then N in PROVISIONING), slow deletion, operations that are not
-done at once, and preemption (a node goes PREEMPTED and its queued resource SUSPENDED after N polls of the node, or
+slow provisioning (N polls in WAITING_FOR_RESOURCES, then N in PROVISIONING), requests that end FAILED, slow
+deletion, operations that are not done at once, and preemption (a node goes PREEMPTED and its queued resource SUSPENDED after N polls of the node, or
 when ``preempt`` is called). ``allocated()`` says what is still held, for teardown assertions.
 
 Run standalone for manual experiments: ``python -m trainer.tpu.fake_server --port 50051``.
@@ -55,6 +55,7 @@ class FakeConfig:
     quota_errors: int = 0  # the next N CreateQueuedResource calls fail with RESOURCE_EXHAUSTED
     waiting_polls: int = 0  # GetQueuedResource polls a new request spends in WAITING_FOR_RESOURCES
     provisioning_polls: int = 0  # ... then in PROVISIONING, before it is ACTIVE with a READY node
+    failed_requests: int = 0  # the next N queued resources end FAILED after provisioning instead of ACTIVE
     deleting_polls: int = 0  # GetQueuedResource polls a deleted request spends in DELETING before it is gone
     lro_polls: int = 0  # GetOperation calls before an operation reports done (0: done when returned)
     # For the k-th node created (in order): preempt it after this many GetNode calls; None or missing: never.
@@ -158,6 +159,10 @@ class FakeTpu:
         if state == S.PROVISIONING:
             if rec.provisioning_left > 0:
                 rec.provisioning_left -= 1
+                return
+            if self.config.failed_requests > 0:
+                self.config.failed_requests -= 1
+                rec.qr.state = cloud_tpu.QueuedResourceState(state=S.FAILED)
                 return
             self._activate(rec)
 

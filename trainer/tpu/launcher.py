@@ -75,6 +75,9 @@ class LaunchPlan:
         self.run_name = options.name or names.resource_id_from_label(spec.name or spec.run_id, "spec.name")
         if len(self.run_name) > 56:
             self.run_name = names.resource_id(self.run_name[:56].rstrip("-"), "name")
+        if options.bucket is None:
+            raise ClipaError("bucket", "running a spec needs --bucket gs://BUCKET[/PREFIX] for its run dir "
+                                       "(checkpoints must outlive a preempted VM)")
         self.remote_run_dir = f"{options.bucket}/{self.run_name}"
         self.run_dir = Path(run_dir)
         self.local_dir = self.run_dir / LAUNCHER_DIR
@@ -112,6 +115,110 @@ class LaunchPlan:
         return tpu_api.build_delete_request(self.options, self.qr_id(attempt))
 
 
+class ProvisionTimeout(LaunchFailed):
+    """No slice by the provisioning deadline (quota errors or no capacity the whole time)."""
+
+
+class Provisioner:
+    """Creating, waiting for and deleting one queued resource, with retries, backoff and deadlines. Shared by the
+    launcher and the manual ``clipa tpu up/down`` commands."""
+
+    def __init__(self, api: tpu_api.TpuApi, options: TpuOptions, say: Callable[[str], None]):
+        self.api = api
+        self.options = options
+        self.say = say
+
+    def create(self, qr_id: str, request: Any, deadline: float) -> None:
+        """Send the create request, retrying quota and transient errors with backoff until ``deadline``."""
+        from google.api_core import exceptions as gexc
+
+        backoff = Backoff(self.options.poll_initial_s, self.options.poll_max_s)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self.api.create_queued_resource(request)
+                return
+            except gexc.AlreadyExists:
+                if tries > 1:
+                    return  # an earlier try went through after all (its reply was lost)
+                raise LaunchFailed(f"a queued resource named {qr_id} already exists in {self.options.zone}; delete "
+                                   f"it with `clipa tpu down --name {qr_id}` or choose another --name") from None
+            except gexc.GoogleAPICallError as e:
+                if not tpu_api.is_retryable(e):
+                    raise tpu_api.TpuApiError(f"creating {qr_id}: {tpu_api.describe_error(e)}") from None
+                delay = backoff.next()
+                if _mono() + delay > deadline:
+                    raise ProvisionTimeout(f"could not create {qr_id} within {self.options.provision_timeout_s:g} s: "
+                                           f"{tpu_api.describe_error(e)}") from None
+                self.say(f"create {qr_id}: {tpu_api.describe_error(e)}; retrying in {delay:.3g} s")
+                time.sleep(delay)
+
+    def wait_ready(self, qr_id: str, deadline: float) -> tuple[Any | None, str]:
+        """Poll until the queued resource is ACTIVE and its node READY: (node, "ACTIVE"). (None, state) when it
+        failed, was suspended or vanished first. ProvisionTimeout at ``deadline``."""
+        backoff = Backoff(self.options.poll_initial_s, self.options.poll_max_s)
+        last = None
+        while True:
+            qr = self.call(self.api.get_queued_resource, qr_id)
+            state = "UNKNOWN" if qr is False else ("NOT_FOUND" if qr is None else tpu_api.state_name(qr))
+            if state != last:
+                self.say(f"{qr_id}: {state}")
+                last = state
+            if state == tpu_api.QR_ACTIVE:
+                node = self.call(self.api.get_node, qr_id)
+                if node not in (None, False) and tpu_api.state_name(node) == "READY":
+                    return node, state
+            elif state in tpu_api.QR_LOST or state == "NOT_FOUND":
+                return None, state
+            remaining = deadline - _mono()
+            if remaining <= 0:
+                raise ProvisionTimeout(f"no {self.options.slice_info().accelerator_type} capacity in "
+                                       f"{self.options.zone} within {self.options.provision_timeout_s:g} s (last "
+                                       f"state {state})")
+            time.sleep(min(backoff.next(), remaining))
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A read-only API call; False when it failed transiently (the caller tries again on its next poll)."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            return fn(*args)
+        except gexc.GoogleAPICallError as e:
+            if tpu_api.is_retryable(e):
+                self.say(f"{fn.__name__}: {tpu_api.describe_error(e)} (will retry)")
+                return False
+            raise tpu_api.TpuApiError(f"{fn.__name__}: {tpu_api.describe_error(e)}") from None
+
+    def delete(self, qr_id: str) -> None:
+        """Force-delete ``qr_id`` (its node included) and poll until the API no longer knows it."""
+        from google.api_core import exceptions as gexc
+
+        opts = self.options
+        deadline = _mono() + opts.teardown_timeout_s
+        backoff = Backoff(opts.poll_initial_s, opts.poll_max_s)
+        request = tpu_api.build_delete_request(opts, qr_id)
+        sent = False
+        while True:
+            try:
+                if not sent:
+                    self.api.delete_queued_resource(request)
+                    sent = True
+                    self.say(f"{qr_id}: deleting")
+                if self.api.get_queued_resource(qr_id) is None:
+                    break
+            except gexc.GoogleAPICallError as e:
+                # FAILED_PRECONDITION: the resource is in a state that cannot be deleted yet (e.g. still creating).
+                if not (tpu_api.is_retryable(e) or isinstance(e, gexc.FailedPrecondition)):
+                    raise tpu_api.TpuApiError(f"deleting {qr_id}: {tpu_api.describe_error(e)}") from None
+                self.say(f"deleting {qr_id}: {tpu_api.describe_error(e)} (will retry)")
+            if _mono() >= deadline:
+                raise LaunchFailed(f"{qr_id} still exists after {opts.teardown_timeout_s:g} s; delete it with "
+                                   f"`clipa tpu down --name {qr_id} --project {opts.project} --zone {opts.zone}`")
+            time.sleep(backoff.next())
+        self.say(f"{qr_id}: deleted")
+
+
 def _now() -> float:
     return time.time()
 
@@ -133,6 +240,7 @@ class Launcher:
         self._owned: list[str] = []  # queued-resource ids created and not yet confirmed deleted
         self._procs: list[WorkerProcess] = []
         self._attempts_by_id: dict[str, TpuAttempt] = {}
+        self.prov = Provisioner(api, plan.options, self.say)
         s = plan.slice
         self.outcome = TpuRunOutcome(
             status="running", run_name=plan.run_name, run_id=plan.spec.run_id, project=plan.options.project,
@@ -231,77 +339,24 @@ class Launcher:
     def _provision(self, attempt: TpuAttempt) -> Any | None:
         """Create the queued resource and wait until its node is READY. None: the request failed or was suspended
         before becoming active (the caller deletes it and requeues). Raises LaunchFailed at the deadline."""
-        opts = self.plan.options
         qr_id = self.plan.qr_id(attempt.index)
-        deadline = _mono() + opts.provision_timeout_s
-        backoff = Backoff(opts.poll_initial_s, opts.poll_max_s)
-        request = self.plan.create_request(attempt.index)
+        deadline = _mono() + self.plan.options.provision_timeout_s
         # Owned before the first call: a create that times out on our side may still have happened.
         self._owned.append(qr_id)
         self.say(f"requesting {self.plan.slice.accelerator_type} ({self.plan.slice.pricing}) as {qr_id} in "
-                 f"{opts.zone}")
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                self.api.create_queued_resource(request)
-                break
-            except Exception as e:  # classified below; anything unknown is re-raised
-                from google.api_core import exceptions as gexc
-
-                if isinstance(e, gexc.AlreadyExists) and tries > 1:
-                    break  # an earlier try went through after all
-                if isinstance(e, gexc.AlreadyExists):
-                    raise LaunchFailed(f"a queued resource named {qr_id} already exists in {opts.zone}; delete it "
-                                       f"with `clipa tpu down --name {qr_id}` or choose another --name") from None
-                if not tpu_api.is_retryable(e):
-                    if isinstance(e, gexc.GoogleAPICallError):
-                        raise tpu_api.TpuApiError(f"creating {qr_id}: {tpu_api.describe_error(e)}") from None
-                    raise
-                delay = backoff.next()
-                if _mono() + delay > deadline:
-                    attempt.close(_now(), "provisioning_timeout", tpu_api.describe_error(e))
-                    raise LaunchFailed(f"could not create {qr_id} within {opts.provision_timeout_s:g} s: "
-                                       f"{tpu_api.describe_error(e)}") from None
-                self.say(f"create {qr_id}: {tpu_api.describe_error(e)}; retrying in {delay:.3g} s")
-                time.sleep(delay)
-        backoff = Backoff(opts.poll_initial_s, opts.poll_max_s)
-        last = None
-        while True:
-            qr = self._call(self.api.get_queued_resource, qr_id)
-            state = "UNKNOWN" if qr is False else ("NOT_FOUND" if qr is None else tpu_api.state_name(qr))
-            if state != last:
-                self.say(f"{qr_id}: {state}")
-                last = state
-            if state == tpu_api.QR_ACTIVE:
-                node = self._call(self.api.get_node, qr_id)
-                if node not in (None, False) and tpu_api.state_name(node) == "READY":
-                    attempt.active_at = _now()
-                    self._save()
-                    return node
-            elif state in tpu_api.QR_LOST or state == "NOT_FOUND":
-                attempt.close(_now(), "provisioning_failed", f"queued resource {state} before it was active")
-                return None
-            remaining = deadline - _mono()
-            if remaining <= 0:
-                attempt.close(_now(), "provisioning_timeout", f"last state {state}")
-                raise LaunchFailed(f"no {self.plan.slice.accelerator_type} capacity in {opts.zone} within "
-                                   f"{opts.provision_timeout_s:g} s (last state {state}); the request is deleted")
-            time.sleep(min(backoff.next(), remaining))
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A read-only API call; False when it failed transiently (the caller tries again on its next poll)."""
+                 f"{self.plan.options.zone}")
         try:
-            return fn(*args)
-        except Exception as e:
-            if tpu_api.is_retryable(e):
-                self.say(f"{fn.__name__}: {tpu_api.describe_error(e)} (will retry)")
-                return False
-            from google.api_core import exceptions as gexc
-
-            if isinstance(e, gexc.GoogleAPICallError):
-                raise tpu_api.TpuApiError(f"{fn.__name__}: {tpu_api.describe_error(e)}") from None
+            self.prov.create(qr_id, self.plan.create_request(attempt.index), deadline)
+            node, state = self.prov.wait_ready(qr_id, deadline)
+        except ProvisionTimeout as e:
+            attempt.close(_now(), "provisioning_timeout", e.message)
             raise
+        if node is None:
+            attempt.close(_now(), "provisioning_failed", f"queued resource {state} before it was active")
+            return None
+        attempt.active_at = _now()
+        self._save()
+        return node
 
     # --- running -------------------------------------------------------------------------------------------------
     def _log_path(self, attempt: TpuAttempt, worker: int) -> Path:
@@ -356,12 +411,12 @@ class Launcher:
 
     def _slice_lost(self, qr_id: str) -> str | None:
         """Why the slice is gone (node PREEMPTED/..., queued resource SUSPENDED/FAILED/missing), or None."""
-        node = self._call(self.api.get_node, qr_id)
+        node = self.prov.call(self.api.get_node, qr_id)
         if node is None:
             return "node NOT_FOUND"
         if node is not False and tpu_api.state_name(node) in tpu_api.NODE_LOST:
             return f"node {tpu_api.state_name(node)}"
-        qr = self._call(self.api.get_queued_resource, qr_id)
+        qr = self.prov.call(self.api.get_queued_resource, qr_id)
         if qr is None:
             return "queued resource NOT_FOUND"
         if qr is not False and tpu_api.state_name(qr) in tpu_api.QR_LOST:
@@ -378,33 +433,9 @@ class Launcher:
         self._save()
 
     def _delete(self, qr_id: str) -> None:
-        """Force-delete ``qr_id`` (node included) and poll until the API no longer knows it."""
-        opts = self.plan.options
-        deadline = _mono() + opts.teardown_timeout_s
-        backoff = Backoff(opts.poll_initial_s, opts.poll_max_s)
-        request = tpu_api.build_delete_request(opts, qr_id)
-        deleted = False
-        while True:
-            try:
-                if not deleted:
-                    self.api.delete_queued_resource(request)
-                    deleted = True
-                    self.say(f"{qr_id}: deleting")
-                if self.api.get_queued_resource(qr_id) is None:
-                    break
-            except Exception as e:
-                from google.api_core import exceptions as gexc
-
-                if not (tpu_api.is_retryable(e) or isinstance(e, gexc.FailedPrecondition)):
-                    raise
-                self.say(f"deleting {qr_id}: {tpu_api.describe_error(e)} (will retry)")
-            if _mono() >= deadline:
-                raise LaunchFailed(f"{qr_id} still exists after {opts.teardown_timeout_s:g} s; delete it with "
-                                   f"`clipa tpu down --name {qr_id} --project {opts.project} --zone {opts.zone}`")
-            time.sleep(backoff.next())
+        self.prov.delete(qr_id)
         if qr_id in self._owned:
             self._owned.remove(qr_id)
-        self.say(f"{qr_id}: deleted")
 
     def _teardown(self) -> None:
         """Stop workers and delete everything still owned; what cannot be deleted is reported, never hidden."""
@@ -517,7 +548,7 @@ def make_workers(options: TpuOptions, local_root: Path | None = None, redactor: 
 
 
 def _check_storage(options: TpuOptions, workers: WorkerExec) -> None:
-    if options.bucket.startswith("file://") and not isinstance(workers, LocalExec):
+    if options.bucket and options.bucket.startswith("file://") and not isinstance(workers, LocalExec):
         raise ClipaError("bucket", "a file:// run dir is lost with a preempted VM; real slices need gs://BUCKET")
 
 
@@ -590,8 +621,18 @@ def dry_run(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *, 
     }
 
 
+def format_json(obj: Any, indent: int = 0) -> str:
+    """Indented JSON in which a list of scalars (a command's argv) stays on one line, so commands read as commands."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(k)}: {format_json(v, indent + 2)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(f"{inner}{format_json(v, indent + 2)}" for v in obj) + f"\n{pad}]"
+    return json.dumps(obj)
+
+
 def print_json(obj: Any, redactor: Redactor | None = None) -> None:
     import sys
 
-    text = json.dumps(obj, indent=2)
-    sys.stdout.write((redactor or Redactor()).redact(text) + "\n")
+    sys.stdout.write((redactor or Redactor()).redact(format_json(obj)) + "\n")

@@ -40,7 +40,8 @@ class TpuOptions(BaseModel):
     hardware: str = Field("tpu-v5e", description="hardware profile from budgets/hardware.yaml (kind tpu)")
     slice: Annotated[int, Field(gt=0, description="number of chips, e.g. 64 for v5e-64")] = 8
     pricing: Literal["spot", "on-demand"] = "spot"
-    bucket: str = Field(description="gs://BUCKET[/PREFIX] where run dirs (checkpoints, results) live")
+    bucket: str | None = Field(None, description="gs://BUCKET[/PREFIX] where run dirs (checkpoints, results) live; "
+                                                 "needed to run a spec, not to provision")
     name: str | None = Field(None, description="resource/run name; default: clipa-<spec name or run id>")
     network: str | None = None
     subnetwork: str | None = None
@@ -72,8 +73,8 @@ class TpuOptions(BaseModel):
 
     @field_validator("bucket")
     @classmethod
-    def _bucket(cls, v: str) -> str:
-        return _check(names.bucket_url, v)
+    def _bucket(cls, v: str | None) -> str | None:
+        return None if v is None else _check(names.bucket_url, v)
 
     @field_validator("name")
     @classmethod

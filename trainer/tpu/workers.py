@@ -131,7 +131,8 @@ class WorkerExec(ABC):
 
     @abstractmethod
     def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
-        """The CLIPA_* variables that tell the trainer to call jax.distributed.initialize (see README)."""
+        """The variables that tell the trainer to call jax.distributed.initialize: CLIPA_DISTRIBUTED=1 always, and
+        JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID where they cannot be discovered (README)."""
 
     @abstractmethod
     def logs_command(self, node: str, worker: int, follow: bool) -> list[str]: ...
@@ -229,7 +230,8 @@ class GcloudSshExec(WorkerExec):
                              log_path=log_path, redactor=self.redactor, on_line=on_line)
 
     def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
-        # On a TPU VM jax.distributed.initialize() finds coordinator, process count and id itself.
+        # On a TPU VM jax.distributed.initialize() finds coordinator, process count and id itself (from the VM's
+        # metadata server); the flag tells the trainer to call it.
         return {"CLIPA_DISTRIBUTED": "1"}
 
     def logs_command(self, node: str, worker: int, follow: bool) -> list[str]:
@@ -245,7 +247,7 @@ class WorkerSetupError(ClipaError):
 class LocalExec(WorkerExec):
     """Each worker is a subprocess on this machine, in ``root/NODE/worker-I/clipa-run`` (multi-host JAX on one box).
 
-    Workers see only an allow-listed environment plus the CLIPA_* variables, as a fresh VM would. Installing is not
+    Workers see only an allow-listed environment plus the launcher's variables, as a fresh VM would. Installing is not
     done: the workers run this checkout with this interpreter.
     """
 
@@ -284,11 +286,12 @@ class LocalExec(WorkerExec):
                              mirror_log=wdir / LOG_NAME)
 
     def distributed_env(self, node: str, worker: int, hosts: int) -> dict[str, str]:
-        # Off TPU nothing can be auto-detected: give jax.distributed.initialize every argument.
+        # Off TPU nothing can be auto-detected: give jax.distributed.initialize every argument, under the names JAX
+        # itself reads (JAX_COORDINATOR_ADDRESS) and the trainer passes on (trainer.mesh.maybe_initialize_distributed).
         if node not in self._ports:
             self._ports[node] = _free_port()
-        return {"CLIPA_DISTRIBUTED": "1", "CLIPA_COORDINATOR_ADDRESS": f"127.0.0.1:{self._ports[node]}",
-                "CLIPA_NUM_PROCESSES": str(hosts), "CLIPA_PROCESS_ID": str(worker)}
+        return {"CLIPA_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{self._ports[node]}",
+                "JAX_NUM_PROCESSES": str(hosts), "JAX_PROCESS_ID": str(worker)}
 
     def logs_command(self, node: str, worker: int, follow: bool) -> list[str]:
         return ["tail", "-n", "+1", *(["-F"] if follow else []), str(self.worker_dir(node, worker) / LOG_NAME)]
