@@ -6,8 +6,9 @@ JAX_PROCESS_ID). It walks the spec's stages step by step (samples / batch_size s
 step (atomically) and ``result.json`` at the end, and every process resumes from the checkpoint it finds, as the
 real trainer resumes from its run dir. It prints its environment so tests can check that no secret reached it.
 
-Marker files in the run dir make it misbehave on purpose: ``crash-once`` (process 0 exits 3 after two steps, once)
-and ``bad-input`` (exit code 2, what the trainer returns for a bad spec).
+Marker files in the run dir make it misbehave on purpose: ``crash-once`` (process 0 exits 3 after two steps, once),
+``bad-input`` (exit code 2, what the trainer returns for a bad spec) and ``print-secrets`` (it prints token-shaped
+strings, which the launcher must mask in every log).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def main() -> int:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     print("environment: " + json.dumps(dict(os.environ), sort_keys=True), flush=True)
+    Path(f"pid-{pid}").write_text(str(os.getpid()))  # in the worker's folder: lets tests check it was stopped
+    if (run / "print-secrets").exists():
+        print("token: ya29.FAKE-worker-token-123", flush=True)
+        print("-----BEGIN PRIVATE KEY-----\nWORKERPRIVATEKEY\n-----END PRIVATE KEY-----", flush=True)
     if (run / "bad-input").exists():
         print("error: spec: bad input", flush=True)
         return 2

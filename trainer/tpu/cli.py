@@ -254,7 +254,7 @@ def logs_cmd(
     """Print a worker's trainer log (it lives on the worker, so the slice must still exist)."""
     from trainer.tpu import names
     from trainer.tpu.launcher import make_workers
-    from trainer.tpu.redact import Redactor
+    from trainer.tpu.redact import LineRedactor, Redactor
 
     options = _options(project, zone, None, 8, None, None, None)
     workers = make_workers(options, local_workers)
@@ -262,12 +262,12 @@ def logs_cmd(
     if dry_run:
         _emit({"worker_commands": {"logs": [argv]}})
         return
-    redactor = Redactor()
+    redact = LineRedactor(Redactor())
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     try:
         for raw in iter(proc.stdout.readline, b""):
-            sys.stdout.write(redactor.redact(raw.decode("utf-8", "replace")))
+            sys.stdout.write(redact(raw.decode("utf-8", "replace").rstrip("\n")) + "\n")
             sys.stdout.flush()
     finally:
         if proc.poll() is None:

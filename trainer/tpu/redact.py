@@ -71,6 +71,30 @@ class Redactor:
         return text
 
 
+class LineRedactor:
+    """Redacts a stream line by line, remembering when it is inside a PEM private-key block (which spans lines, so
+    no single line shows the whole pattern)."""
+
+    _BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+    _END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+
+    def __init__(self, redactor: Redactor):
+        self._redactor = redactor
+        self._in_key = False
+
+    def __call__(self, line: str) -> str:
+        if self._in_key:
+            if self._END.search(line):
+                self._in_key = False
+                return MASK + self._redactor.redact(self._END.split(line, 1)[1])
+            return MASK
+        begin = self._BEGIN.search(line)
+        if begin and not self._END.search(line, begin.end()):
+            self._in_key = True
+            return self._redactor.redact(line[: begin.start()]) + MASK
+        return self._redactor.redact(line)
+
+
 def _credential_file_secrets(path: str | None) -> set[str]:
     """Every string value of a service-account / authorized-user JSON file that is long enough to be a secret."""
     if not path:
@@ -89,4 +113,8 @@ def _credential_file_secrets(path: str | None) -> set[str]:
                 continue
             if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN:
                 out.add(value)
+                # A PEM key is also masked line by line: a log may show its body without the BEGIN/END lines.
+                if "PRIVATE KEY" in value:
+                    out |= {ln.strip() for ln in value.replace("\\n", "\n").splitlines()
+                            if len(ln.strip()) >= _MIN_SECRET_LEN and "PRIVATE KEY" not in ln}
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 from planner.errors import ClipaError
 from planner.paths import PACKAGE_ROOT
 from trainer.tpu import names
-from trainer.tpu.redact import Redactor, worker_base_env
+from trainer.tpu.redact import LineRedactor, Redactor, worker_base_env
 
 # The folder (relative to the worker's home) that holds the spec, the source and the trainer's log.
 WORKDIR = "clipa-run"
@@ -56,7 +56,7 @@ class WorkerProcess:
         # whole process group can be signalled at once.
         self._proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self._redactor = redactor
+        self._redact = LineRedactor(redactor)
         self._on_line = on_line
         self._reader = threading.Thread(target=self._pump, name=f"worker-{worker}-log", daemon=True)
         self._reader.start()
@@ -64,7 +64,7 @@ class WorkerProcess:
     def _pump(self) -> None:
         assert self._proc.stdout is not None
         for raw in iter(self._proc.stdout.readline, b""):
-            line = self._redactor.redact(raw.decode("utf-8", "replace").rstrip("\n"))
+            line = self._redact(raw.decode("utf-8", "replace").rstrip("\n"))
             for log in self._logs:
                 log.write(line + "\n")
                 log.flush()
