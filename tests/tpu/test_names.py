@@ -93,7 +93,7 @@ def test_worker_commands_quote_every_argument(tmp_path):
     start = plan["worker_commands"]["start"][0]
     remote = start[-1].removeprefix("--command=")
     inner = remote.split(" && ", 1)[1].rsplit(" 2>&1", 1)[0]
-    assert shlex.split(inner) == ["env", "CLIPA_DISTRIBUTED=1", "python3", "-m", "trainer.cli", "train",
+    assert shlex.split(inner) == ["env", "CLIPA_DISTRIBUTED=1", "venv/bin/python", "-m", "trainer.cli", "train",
                                   "spec.json", "--run-dir", "gs://my-bucket/runs/clipa-odd-name-1"]
     assert plan["run_name"] == "clipa-odd-name-1"
 

@@ -33,6 +33,8 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", help="resource name (l
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the API requests and worker commands; call "
                                          "nothing")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+PollOpt = Annotated[float, typer.Option("--poll-interval", help="longest wait between state polls, seconds (the "
+                                        "first polls come sooner)")]
 # Hidden: a loopback endpoint (the fake server or an emulator) and local worker processes, for tests and demos.
 EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", hidden=True, envvar="CLIPA_TPU_ENDPOINT")]
 LocalWorkersOpt = Annotated[Optional[Path], typer.Option("--local-workers", hidden=True)]
@@ -52,6 +54,12 @@ def _options(project: str, zone: str, hardware: str | None, slice_: int, pricing
         raise ClipaError("pricing", f"{pricing!r}: the TPU launcher can request 'spot' or 'on-demand' capacity")
     return TpuOptions.create(project=project, zone=zone, hardware=hardware, slice=slice_, pricing=pricing,
                              bucket=bucket, name=name, **extra)
+
+
+def _polling(poll_interval: float) -> dict[str, float]:
+    if not poll_interval > 0:
+        raise ClipaError("poll-interval", "must be a positive number of seconds")
+    return {"poll_initial_s": min(5.0, poll_interval), "poll_max_s": poll_interval}
 
 
 def _emit(obj: Any) -> None:
@@ -90,6 +98,7 @@ def run_cmd(
     provision_timeout: Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
     = 6 * 3600.0,
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")] = 20,
+    poll_interval: PollOpt = 60.0,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     endpoint: EndpointOpt = None,
@@ -102,7 +111,8 @@ def run_cmd(
 
     s = load_spec(spec)
     options = _options(project, zone, hardware, slice_, pricing, bucket, name, s, install=not no_install,
-                       provision_timeout_s=provision_timeout, max_attempts=max_attempts)
+                       provision_timeout_s=provision_timeout, max_attempts=max_attempts,
+                       **_polling(poll_interval))
     if options.bucket is None:
         raise ClipaError("bucket", "give --bucket gs://BUCKET[/PREFIX] (or set CLIPA_TPU_BUCKET)")
     workers = make_workers(options, local_workers)
@@ -113,7 +123,8 @@ def run_cmd(
     if json_out:
         _emit(outcome.model_dump(mode="json"))
     if outcome.status != "succeeded":
-        raise typer.Exit(1)
+        # One line and exit code 2, like every failure the CLI reports (the full record is in RUN_DIR/tpu).
+        raise ClipaError("", outcome.error or outcome.status)  # the error already names its field
 
 
 @tpu_app.command("up")
@@ -131,6 +142,7 @@ def up_cmd(
     provision_timeout: Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
     = 6 * 3600.0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the slice is READY")] = True,
+    poll_interval: PollOpt = 60.0,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     endpoint: EndpointOpt = None,
@@ -147,7 +159,8 @@ def up_cmd(
 
     s = load_spec(spec) if spec is not None else None
     options = _options(project, zone, hardware, slice_, pricing, None, name, s, network=network,
-                       subnetwork=subnetwork, service_account=service_account, provision_timeout_s=provision_timeout)
+                       subnetwork=subnetwork, service_account=service_account, provision_timeout_s=provision_timeout,
+                       **_polling(poll_interval))
     labels = {"clipa-name": name, **({"clipa-run": s.run_id} if s is not None else {})}
     request = tpu_api.build_create_request(options, options.slice_info(), name, labels)
     if dry_run:
@@ -282,6 +295,7 @@ def down_cmd(
     project: ProjectOpt,
     zone: ZoneOpt,
     name: Annotated[str, typer.Option("--name", help="the queued resource (or plain node) to delete")],
+    poll_interval: PollOpt = 60.0,
     dry_run: DryRunOpt = False,
     endpoint: EndpointOpt = None,
 ) -> None:
@@ -290,7 +304,7 @@ def down_cmd(
     from trainer.tpu import names
     from trainer.tpu.launcher import Provisioner
 
-    options = _options(project, zone, None, 8, None, None, None)
+    options = _options(project, zone, None, 8, None, None, None, **_polling(poll_interval))
     names.resource_id(name)
     request = tpu_api.build_delete_request(options, name)
     if dry_run:

@@ -33,8 +33,8 @@ from trainer.tpu import names
 from trainer.tpu.options import SliceInfo, TpuOptions
 from trainer.tpu.outcome import AttemptEnd, TpuAttempt, TpuRunOutcome
 from trainer.tpu.redact import Redactor
-from trainer.tpu.workers import (SOURCE_ARCHIVE, SPEC_NAME, GcloudSshExec, LocalExec, WorkerExec, WorkerProcess,
-                                 build_source_archive)
+from trainer.tpu.workers import (SOURCE_ARCHIVE, SPEC_NAME, VENV_PYTHON, GcloudSshExec, LocalExec, WorkerExec,
+                                 WorkerProcess, build_source_archive)
 
 TRAINER_ENTRY = ("-m", "trainer.cli", "train")
 LAUNCHER_DIR = "tpu"  # RUN_DIR/tpu holds the launcher's files: spec sent, source archive, logs, outcome
@@ -286,8 +286,6 @@ class Launcher:
                     self.outcome.finished_at = _now()
                     self._save()
         self.say(self.outcome.summary())
-        if self.outcome.error:
-            self.say(f"error: {self.outcome.error}")
         if raise_after is not None:
             raise raise_after
         return self.outcome
@@ -544,7 +542,9 @@ def make_workers(options: TpuOptions, local_root: Path | None = None, redactor: 
     """The ssh implementation, or local processes under ``local_root`` (tests and demos)."""
     if local_root is not None:
         return LocalExec(local_root, redactor=redactor)
-    return GcloudSshExec(options.project, options.zone, redactor=redactor)
+    # With --no-install the image is expected to have this checkout and jax[tpu] on its own python3.
+    python = VENV_PYTHON if options.install else "python3"
+    return GcloudSshExec(options.project, options.zone, python=python, redactor=redactor)
 
 
 def _check_storage(options: TpuOptions, workers: WorkerExec) -> None:

@@ -47,7 +47,8 @@ class TpuOptions(BaseModel):
     subnetwork: str | None = None
     service_account: str | None = None
     enable_external_ips: bool | None = None
-    install: bool = Field(True, description="ship this checkout and pip-install it (with jax[tpu]) on every worker")
+    install: bool = Field(True, description="ship this checkout and install it (Python 3.11 venv, jax[tpu]) on every "
+                                            "worker")
     # Provisioning: how long to keep trying for capacity (also the queued resource's valid_until_duration).
     provision_timeout_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
     poll_initial_s: Annotated[float, Field(gt=0)] = 5.0

@@ -117,7 +117,7 @@ class WorkerExec(ABC):
 
     @abstractmethod
     def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
-        """Copy ``files`` into every worker's WORKDIR; with ``install``, unpack and pip-install the source there."""
+        """Copy ``files`` into every worker's WORKDIR; with ``install``, install the shipped source there."""
 
     @abstractmethod
     def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None: ...
@@ -144,16 +144,28 @@ class WorkerExec(ABC):
         return remote_run_dir
 
 
-def install_argv(python: str) -> list[str]:
-    """Unpack the shipped source and install it (editable: the catalog in budgets/ is read from the checkout) with
-    the JAX version this checkout pins, built for TPU."""
+# The interpreter the trainer runs with after the install step (relative to WORKDIR): a Python 3.11 venv, because
+# the project pins Python 3.11 and TPU VM images ship the system Python of their Ubuntu release.
+VENV_PYTHON = "venv/bin/python"
+
+
+def install_script() -> str:
+    """The remote install step, run in WORKDIR on every worker: unpack the shipped source, make a Python 3.11 venv
+    with uv, and install the checkout (editable: the catalog in budgets/ is read from the checkout) with the JAX
+    version this checkout pins, built for TPU. Only constants go into it; no spec-derived text."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         jax_req = f"jax[tpu]=={version('jax')}"
     except PackageNotFoundError:  # pragma: no cover - jax is a dependency of the project
         jax_req = "jax[tpu]"
-    return [python, "-m", "pip", "install", "--quiet", "--user", "-e", "./clipa", jax_req]
+    uv = "$HOME/.local/bin/uv"
+    return " && ".join([
+        f"tar -xzf {SOURCE_ARCHIVE}",
+        "python3 -m pip install --quiet --user uv",
+        f"{uv} venv --quiet --python 3.11 venv",
+        f"{uv} pip install --quiet --python {VENV_PYTHON} -e ./clipa {shlex.quote(jax_req)}",
+    ])
 
 
 def build_source_archive(dest: Path) -> Path:
@@ -181,7 +193,7 @@ class GcloudSshExec(WorkerExec):
     """Workers reached with ``gcloud compute tpus tpu-vm ssh/scp`` (gcloud must be installed and logged in here;
     the launcher never handles its credentials)."""
 
-    def __init__(self, project: str, zone: str, python: str = "python3", gcloud: str = "gcloud",
+    def __init__(self, project: str, zone: str, python: str = VENV_PYTHON, gcloud: str = "gcloud",
                  redactor: Redactor | None = None):
         super().__init__(redactor)
         self.project = names.project_id(project)
@@ -204,7 +216,7 @@ class GcloudSshExec(WorkerExec):
                      f"{names.resource_id(node)}:{WORKDIR}/", f"--project={self.project}", f"--zone={self.zone}",
                      "--worker=all", "--quiet"])
         if install:
-            remote = f"cd {WORKDIR} && tar -xzf {SOURCE_ARCHIVE} && {shlex.join(install_argv(self.python))}"
+            remote = f"cd {WORKDIR} && {install_script()}"
             cmds.append(self._ssh(node, "all", remote))
         return cmds
 
