@@ -571,10 +571,17 @@ def run_on_tpu(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, 
         api = tpu_api.connect(options.project, options.zone, endpoint, timeout_s=options.api_timeout_s,
                               lro_poll_initial_s=options.poll_initial_s, lro_poll_max_s=options.poll_max_s)
     launcher = Launcher(plan, api, workers, echo=echo, redactor=redactor)
-    if spec.hardware != plan.slice.hardware:
-        launcher.say(f"note: the spec is priced on {spec.hardware}; it runs on {plan.slice.hardware} "
-                     f"({plan.slice.accelerator_type}); the outcome records the TPU cost")
+    for note in _notes(spec, plan.slice):
+        launcher.say(f"note: {note}")
     return launcher.run()
+
+
+def _notes(spec: RunSpec, slice_: SliceInfo) -> list[str]:
+    if (spec.hardware, spec.pricing) == (slice_.hardware, slice_.pricing):
+        return []
+    return [f"the spec is priced as {spec.hardware} {spec.pricing}, this launch is {slice_.hardware} "
+            f"{slice_.pricing}: the trainer's dollar meter follows the spec, the outcome records what the slices "
+            "cost"]
 
 
 def dry_run(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *, workers: WorkerExec | None = None,
@@ -598,6 +605,7 @@ def dry_run(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *, 
         "hosts": s.hosts,
         "usd_per_chip_hour": s.usd_per_chip_hour,
         "remote_run_dir": plan.remote_run_dir,
+        **({"notes": notes} if (notes := _notes(spec, s)) else {}),
         "api_requests": [
             {"rpc": rpc + "CreateQueuedResource", "request": tpu_api.message_to_dict(plan.create_request(1)),
              "when": f"once; retried with backoff on quota/transient errors for up to {o.provision_timeout_s:g} s"},
