@@ -108,3 +108,32 @@ def test_gives_up_after_max_attempts_and_prices_every_one(tmp_path, fake, tpu_ap
     assert outcome.preemptions == 2
     assert outcome.chip_hours == pytest.approx(sum(a.chip_hours for a in outcome.attempts))
     _nothing_allocated(fake, tpu_api)
+
+
+class _PreemptedDuringSetup(LocalExec):
+    """Local workers whose first setup meets a VM that is preempted mid-copy (as scp/ssh fail on a vanished VM)."""
+
+    def __init__(self, root, fake):
+        super().__init__(root)
+        self._fake = fake
+        self.setups = 0
+
+    def setup(self, node, hosts, files, install):
+        self.setups += 1
+        if self.setups == 1:
+            self._fake.fake.preempt(node)
+            from trainer.tpu.workers import WorkerSetupError
+
+            raise WorkerSetupError(f"scp on {node} failed with exit code 255: Connection closed")
+        super().setup(node, hosts, files, install)
+
+
+def test_preemption_during_setup_is_requeued(tmp_path, fake, tpu_api):
+    spec = write_spec(tmp_path / "spec.json")
+    workers = _PreemptedDuringSetup(tmp_path / "vms", fake)
+    outcome = run_on_tpu(spec, tmp_path / "run", fast_options(tmp_path / "bucket", slice=8), api=tpu_api,
+                         workers=workers, worker_entry=[str(WORKER_SCRIPT)], echo=lambda line: None)
+    assert outcome.status == "succeeded", outcome.error
+    assert [a.end for a in outcome.attempts] == ["preempted", "completed"]
+    assert outcome.attempts[0].detail == "node PREEMPTED during setup"
+    _nothing_allocated(fake, tpu_api)

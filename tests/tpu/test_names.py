@@ -96,6 +96,9 @@ def test_worker_commands_quote_every_argument(tmp_path):
     assert shlex.split(inner) == ["env", "CLIPA_DISTRIBUTED=1", "venv/bin/python", "-m", "trainer.cli", "train",
                                   "spec.json", "--run-dir", "gs://my-bucket/runs/clipa-odd-name-1"]
     assert plan["run_name"] == "clipa-odd-name-1"
+    options = TpuOptions.create(**BASE, slice=8, trainer_args=("--synthetic", "--steps=3"))
+    plan = dry_run(spec, tmp_path / "run", options, workers=GcloudSshExec(options.project, options.zone))
+    assert plan["worker_commands"]["start"][0][-1].endswith(" --synthetic --steps=3 2>&1 | tee -a train.log")
 
 
 @pytest.mark.parametrize("argv", [
@@ -107,6 +110,8 @@ def test_worker_commands_quote_every_argument(tmp_path):
     ["tpu", "down", "--project", "my-project", "--zone", "us-central1-a", "--name", "../x", "--dry-run"],
     ["tpu", "status", "--project", "$(id)", "--zone", "us-central1-a", "--dry-run"],
     ["tpu", "logs", "--project", "my-project", "--zone", "us-central1-a", "--name", "with space", "--dry-run"],
+    ["tpu", "run", "SPEC", "--run-dir", "R", "--project", "my-project", "--zone", "us-central1-a",
+     "--bucket", "gs://my-bucket", "--trainer-arg", "$(id)", "--dry-run"],
 ])
 def test_cli_rejects_bad_names_with_one_line_and_exit_2(tmp_path, capsys, argv):
     spec = write_spec(tmp_path / "spec.json")

@@ -36,7 +36,20 @@ def message_to_dict(message: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
     pb = type(message).pb(message) if hasattr(type(message), "pb") else message
-    return json_format.MessageToDict(pb)
+    return _sort_maps(json_format.MessageToDict(pb))
+
+
+# Protobuf map fields iterate in no fixed order; sorted, the printed requests are the same on every run.
+_MAP_FIELDS = ("labels", "metadata")
+
+
+def _sort_maps(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: (dict(sorted(v.items())) if k in _MAP_FIELDS and isinstance(v, dict) else _sort_maps(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_sort_maps(v) for v in obj]
+    return obj
 
 
 def build_node(slice_: SliceInfo, opts: TpuOptions, labels: Mapping[str, str]) -> tpu_v2.Node:

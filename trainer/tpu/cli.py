@@ -98,6 +98,8 @@ def run_cmd(
     provision_timeout: Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
     = 6 * 3600.0,
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")] = 20,
+    trainer_arg: Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa "
+                                                             "train` on the workers (repeatable)")] = None,
     poll_interval: PollOpt = 60.0,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
@@ -112,7 +114,7 @@ def run_cmd(
     s = load_spec(spec)
     options = _options(project, zone, hardware, slice_, pricing, bucket, name, s, install=not no_install,
                        provision_timeout_s=provision_timeout, max_attempts=max_attempts,
-                       **_polling(poll_interval))
+                       trainer_args=tuple(trainer_arg or ()), **_polling(poll_interval))
     if options.bucket is None:
         raise ClipaError("bucket", "give --bucket gs://BUCKET[/PREFIX] (or set CLIPA_TPU_BUCKET)")
     workers = make_workers(options, local_workers)
@@ -155,7 +157,7 @@ def up_cmd(
 
     from planner.spec import load_spec
     from trainer.tpu import api as tpu_api
-    from trainer.tpu.launcher import LaunchFailed, Provisioner
+    from trainer.tpu.launcher import LaunchFailed, Provisioner, signals_deferred
 
     s = load_spec(spec) if spec is not None else None
     options = _options(project, zone, hardware, slice_, pricing, None, name, s, network=network,
@@ -182,8 +184,10 @@ def up_cmd(
         if node is None:
             raise LaunchFailed(f"{name} ended {state} before it was ready")
     except BaseException:
-        # Nothing half-made is left behind: a slice that did not come up (or a Ctrl-C while waiting) is deleted.
-        prov.delete(name)
+        # Nothing half-made is left behind: a slice that did not come up (or a Ctrl-C while waiting) is deleted,
+        # and a second Ctrl-C does not interrupt that.
+        with signals_deferred(_say):
+            prov.delete(name)
         raise
     info = _node_info(node)
     if json_out:

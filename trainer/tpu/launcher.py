@@ -34,7 +34,7 @@ from trainer.tpu.options import SliceInfo, TpuOptions
 from trainer.tpu.outcome import AttemptEnd, TpuAttempt, TpuRunOutcome
 from trainer.tpu.redact import Redactor
 from trainer.tpu.workers import (SOURCE_ARCHIVE, SPEC_NAME, VENV_PYTHON, GcloudSshExec, LocalExec, WorkerExec,
-                                 WorkerProcess, build_source_archive)
+                                 WorkerProcess, WorkerSetupError, build_source_archive)
 
 TRAINER_ENTRY = ("-m", "trainer.cli", "train")
 LAUNCHER_DIR = "tpu"  # RUN_DIR/tpu holds the launcher's files: spec sent, source archive, logs, outcome
@@ -100,7 +100,8 @@ class LaunchPlan:
         return f"{tpu_api.parent(self.options.project, self.options.zone)}/queuedResources/{self.qr_id(attempt)}"
 
     def trainer_argv(self) -> list[str]:
-        return [self.workers.python, *self.worker_entry, SPEC_NAME, "--run-dir", self.trainer_run_dir]
+        return [self.workers.python, *self.worker_entry, SPEC_NAME, "--run-dir", self.trainer_run_dir,
+                *self.options.trainer_args]
 
     def files(self) -> list[Path]:
         files = [self.local_dir / SPEC_NAME]
@@ -264,7 +265,7 @@ class Launcher:
         writes the outcome (status interrupted) and re-raises KeyboardInterrupt."""
         self._prepare_files()
         raise_after: BaseException | None = None
-        with _signals_raise_interrupt():
+        with signals_raise_interrupt():
             try:
                 self._save()
                 self._loop()
@@ -281,7 +282,7 @@ class Launcher:
                 self.outcome.error = self.redactor.redact(f"{type(e).__name__}: {e}")
                 raise_after = e
             finally:
-                with _signals_deferred(self.say):
+                with signals_deferred(self.say):
                     self._teardown()
                     self.outcome.finished_at = _now()
                     self._save()
@@ -309,7 +310,12 @@ class Launcher:
             end, codes = self._run_workers(attempt, node)
             self._release(attempt, end)
             if end == "completed":
-                self._fetch()
+                try:
+                    self._fetch()
+                except (ClipaError, OSError) as e:
+                    # Training finished and its files are safe in the bucket: a failed copy is reported, not fatal.
+                    self.outcome.fetch_error = self.redactor.redact(str(e))
+                    self.say(f"could not fetch the results ({e}); they are in {self.plan.remote_run_dir}")
                 return
             if end == "preempted":
                 self.say(f"{attempt.queued_resource.rsplit('/', 1)[-1]} was preempted: requeueing; the trainer "
@@ -366,7 +372,15 @@ class Launcher:
         hosts = len(node.network_endpoints) or self.plan.slice.hosts
         attempt.hosts = hosts
         self.say(f"{qr_id}: READY with {hosts} worker(s); setting up")
-        self.workers.setup(qr_id, hosts, self.plan.files(), opts.install)
+        try:
+            self.workers.setup(qr_id, hosts, self.plan.files(), opts.install)
+        except WorkerSetupError:
+            # A slice preempted during setup breaks ssh/scp too: that is a preemption, not a broken setup.
+            lost = self._slice_lost(qr_id)
+            if lost is None:
+                raise
+            attempt.close(_now(), "preempted", f"{lost} during setup")
+            return "preempted", []
         argv = self.plan.trainer_argv()
         self._procs = []
         for w in range(hosts):
@@ -501,7 +515,7 @@ def _stderr(message: str) -> None:
 
 # --- signals ---------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _signals_raise_interrupt() -> Iterator[None]:
+def signals_raise_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP behave like Ctrl-C (KeyboardInterrupt), so the same finally-block tears down. Only the
     main thread can install handlers; elsewhere (tests calling from a thread) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
@@ -520,7 +534,7 @@ def _signals_raise_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_deferred(say: Callable[[str], None]) -> Iterator[None]:
+def signals_deferred(say: Callable[[str], None]) -> Iterator[None]:
     """While tearing down, a second Ctrl-C must not abandon half-deleted slices: note it and carry on."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -47,6 +47,7 @@ class TpuOptions(BaseModel):
     subnetwork: str | None = None
     service_account: str | None = None
     enable_external_ips: bool | None = None
+    trainer_args: tuple[str, ...] = Field((), description="extra arguments for `clipa train` on the workers")
     install: bool = Field(True, description="ship this checkout and install it (Python 3.11 venv, jax[tpu]) on every "
                                             "worker")
     # Provisioning: how long to keep trying for capacity (also the queued resource's valid_until_duration).
@@ -86,6 +87,12 @@ class TpuOptions(BaseModel):
             if len(v) > 56:
                 raise ValueError(f"{v!r} is longer than 56 characters")
         return v
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _trainer_args(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # They end up in a remote shell command line: same rule as every other argument there.
+        return tuple(_check(names.safe_arg, a, "trainer_args") for a in v)
 
     @field_validator("network", "subnetwork")
     @classmethod

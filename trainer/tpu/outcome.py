@@ -11,17 +11,12 @@ state change so that a crashed launcher still leaves its record.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 AttemptEnd = Literal["completed", "preempted", "worker_failed", "provisioning_failed", "provisioning_timeout",
                      "interrupted", "error"]
-
-
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
 class _Model(BaseModel):
@@ -87,6 +82,7 @@ class TpuRunOutcome(_Model):
     chip_hours: float = 0.0
     cost_usd: float = 0.0
     fetched: list[str] = Field(default_factory=list, description="files copied from the run dir in the bucket")
+    fetch_error: str | None = Field(None, description="why copying the results back failed (they stay in the bucket)")
     error: str | None = None
     leaked: list[str] = Field(default_factory=list, description="resources teardown could not delete")
 
