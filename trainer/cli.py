@@ -14,6 +14,7 @@ from planner.cli import app, run_app
 # module paths with a register(app: typer.Typer) -> None function
 REGISTRARS: list[str] = [
     "trainer.tpu.cli",
+    "trainer.train_cli",
 ]
 
 _registered = False

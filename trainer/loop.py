@@ -54,7 +54,7 @@ from planner.cost import dollars_for_flops, stage_tokens
 from planner.errors import ClipaError
 from planner.flops import stage_flops
 from planner.hardware import get_hardware
-from planner.spec import RunSpec, Stage, spec_from_dict
+from planner.spec import RunSpec, Stage, TrainOptions, spec_from_dict
 from planner.variants import decode_variant
 from trainer import checkpoint as ckpt
 from trainer import mesh as meshlib
@@ -64,6 +64,7 @@ from trainer.model import (
     LOGIT_SCALE_MAX,
     MaskConfig,
     ModelConfig,
+    activation_sharding,
     adapt_params,
     bind,
     check_resolution,
@@ -141,6 +142,11 @@ def _temperature(logit_scale: jax.Array) -> jax.Array:
 def loss_and_grads(cfg: ModelConfig, mask: MaskConfig, mesh, params, batch: dict, step_key: jax.Array,
                    micro_batches: int = 1) -> tuple[jax.Array, Any]:
     """Global-batch contrastive loss and its parameter gradients (traceable; see the module docstring)."""
+    with activation_sharding(mesh):  # the model pins activations to the batch layout (model.batch_sharded)
+        return _loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro_batches)
+
+
+def _loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro_batches):
     images, tokens = batch["images"], batch["tokens"]
     n = images.shape[0]
     bsh = meshlib.batch_sharding(mesh)
@@ -204,10 +210,27 @@ def loss_and_grads(cfg: ModelConfig, mask: MaskConfig, mesh, params, batch: dict
     return loss, grads
 
 
-def make_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, micro_batch: int | None, mesh, tx,
-                    schedule, shardings) -> Callable:
+# Jitted functions are cached per configuration so that several runs in one process (tests, sweeps, a resume in the
+# same process) compile each shape once. Keys hold only hashable, frozen descriptions (configs, stages, options, mesh).
+_JIT_CACHE: dict[tuple, Callable] = {}
+
+
+def _cached(key: tuple, build: Callable[[], Callable]) -> Callable:
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        fn = _JIT_CACHE[key] = build()
+    return fn
+
+
+def make_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: TrainOptions, mesh) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated."""
-    micro = (stage.batch_size // micro_batch) if micro_batch else 1
+    return _cached(("step", cfg, mask, stage, opts, mesh), lambda: _build_train_step(cfg, mask, stage, opts, mesh))
+
+
+def _build_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: TrainOptions, mesh) -> Callable:
+    tx, schedule = make_optimizer(stage, opts)
+    _, shardings = state_layout(cfg, tx, mesh, opts.sharding)
+    micro = (stage.batch_size // opts.micro_batch) if opts.micro_batch else 1
 
     def step(state, batch):
         params = state["params"]
@@ -313,9 +336,12 @@ def check_batch(batch: Any, stage: Stage, stage_index: int, local: int) -> dict[
 
 def _vocab(spec: RunSpec, source: Any, vocab_size: int | None, eot_id: int | None) -> tuple[int, int | None]:
     if vocab_size is None:
-        vocab_size = getattr(source, "vocab_size", None)
-        if eot_id is None:
-            eot_id = getattr(source, "eot_id", None)
+        # the source's own, or its tokenizer's (trainer.data.pipeline's sources carry the tokenizer)
+        for owner in (source, getattr(source, "tokenizer", None)):
+            if owner is not None and getattr(owner, "vocab_size", None):
+                vocab_size = owner.vocab_size
+                eot_id = getattr(owner, "eot_id", None) if eot_id is None else eot_id
+                break
     if vocab_size is None and (spec.tokenizer or spec.data):
         try:
             from trainer.data.tokenizer import find_tokenizer, load_tokenizer
@@ -439,7 +465,7 @@ def train(
                 vocab_size, eot_id = _vocab(spec, source, vocab_size, eot_id)
             cfg = ModelConfig.for_stage(spec, k, vocab_size, eot_id)
             mask = MaskConfig.for_stage(st)
-            tx, schedule = make_optimizer(st, spec.train)
+            tx, _ = make_optimizer(st, spec.train)
             abstract, shardings = state_layout(cfg, tx, mesh, spec.train.sharding)
             resuming_mid_stage = k == start_stage and start_step > 0
             if resuming_mid_stage:
@@ -458,15 +484,15 @@ def train(
                 init_from = f"checkpoint {latest} (resume)"
             else:
                 params, init_from = _stage_params(spec, k, cfg, carried, mesh, shardings["params"])
-                state = jax.jit(lambda p, r: make_state(p, tx, r), out_shardings=shardings)(
-                    params, stage_rng(spec.seed, k)
-                )
+                new_state = _cached(("state", cfg, st, spec.train, mesh), lambda: jax.jit(
+                    lambda p, r: make_state(p, tx, r), out_shardings=shardings))
+                state = new_state(params, stage_rng(spec.seed, k))
                 del params
                 tele.event({"kind": "stage_start", "global_step": global_step, "stage": k, "init": init_from,
                             "params_fingerprint": param_fingerprint(state["params"]), "image_res": st.image_res,
                             "text_len": st.text_len, "mask": mask.strategy, "mask_ratio": mask.ratio})
             carried = None
-            step_fn = make_train_step(cfg, mask, st, spec.train.micro_batch, mesh, tx, schedule, shardings)
+            step_fn = make_train_step(cfg, mask, st, spec.train, mesh)
 
             flops_step = stage_flops(spec.model, st).train_per_sample * st.batch_size
             usd_step = dollars_for_flops(flops_step, stage_tokens(spec.model, st), cfg.variant.image.width,
@@ -551,8 +577,9 @@ def _stage_params(spec: RunSpec, k: int, cfg: ModelConfig, carried, mesh, shardi
     """A stage's starting parameters (with the stage's shardings) and where they came from."""
     st = spec.stages[k]
     if st.init == "scratch":
-        params = jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings)(params_key(spec.seed, k))
-        return params, "scratch"
+        init = _cached(("init", cfg, mesh, spec.train.sharding),
+                       lambda: jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings))
+        return init(params_key(spec.seed, k)), "scratch"
     if st.init == "previous":
         if carried is None:
             raise ClipaError(f"stages[{k}].init", "'previous' but no earlier stage's weights are available")

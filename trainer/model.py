@@ -22,6 +22,8 @@ so the training code works on a plain nested dict of arrays (``nnx.merge(graphde
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from planner.errors import ClipaError
 from planner.spec import ImageMask, RunSpec, Stage
 from planner.variants import ModelVariant, decode_variant
 from trainer import masking
+from trainer.mesh import DATA_AXIS
 
 # OpenAI CLIP's image statistics (also OpenCLIP's default); applied on device so the host only ships uint8.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -171,14 +174,14 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, w = x.shape
         h = self.heads
-        qkv = self.qkv(x).reshape(b, t, 3, h, w // h)
+        qkv = batch_sharded(self.qkv(x).reshape(b, t, 3, h, w // h))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = q * jnp.asarray(1.0 / math.sqrt(w // h), q.dtype)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if self.causal:
             allowed = jnp.tril(jnp.ones((t, t), dtype=bool))
             logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = batch_sharded(jax.nn.softmax(batch_sharded(logits), axis=-1).astype(self.dtype))
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, w)
         return self.out(y)
 
@@ -196,7 +199,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.attn(self.ln1(x).astype(self.dtype))
-        h = jax.nn.gelu(self.fc1(self.ln2(x).astype(self.dtype)))
+        h = batch_sharded(jax.nn.gelu(batch_sharded(self.fc1(self.ln2(x).astype(self.dtype)))))
         return x + self.fc2(h)
 
 
@@ -206,16 +209,42 @@ _REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh):
+    """While tracing under this context, activations stay split over the mesh's ``data`` axis (``batch_sharded``)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def batch_sharded(x: jax.Array) -> jax.Array:
+    """Keep activations split over the batch when the training step traces under ``activation_sharding``.
+
+    Without this, FSDP-sharded weights would propagate their layout into the activations and XLA would end up
+    replicating them; with it, XLA all-gathers each weight where it is used, which is what FSDP means.
+    """
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.devices.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
+
+
 def _run_blocks(blocks: list[Block], x: jax.Array, remat: str) -> jax.Array:
+    x = batch_sharded(x)
     if remat == "none":
         for blk in blocks:
-            x = blk(x)
+            x = batch_sharded(blk(x))
         return x
     if remat not in _REMAT_POLICIES:
         raise ClipaError("train.remat", f"unknown remat policy {remat!r}")
     call = nnx.remat(lambda blk, y: blk(y), policy=_REMAT_POLICIES[remat])
     for blk in blocks:
-        x = call(blk, x)
+        x = batch_sharded(call(blk, x))
     return x
 
 
@@ -289,13 +318,16 @@ class ImageTower(nnx.Module):
                 f"expected [B, {self.grid * self.patch}, {self.grid * self.patch}, 3] images for this model, "
                 f"got {list(images_uint8.shape)}",
             )
-        patches = patchify(normalize_images(images_uint8), self.patch)  # [B, N, p*p*3]
+        patches = patchify(images_uint8, self.patch)  # [B, N, p*p*3] uint8
         pos = self.position_embedding()  # [N, W]
         if keep is not None:
-            # Drop masked patches before the embedding: only the kept ones are embedded (planner.flops counts so).
+            # Drop masked patches before anything is computed on them: only the kept ones are normalised and
+            # embedded (planner.flops counts so).
             patches = jnp.take_along_axis(patches, keep[:, :, None], axis=1)
             pos = pos[keep]  # [B, K, W]
-        x = self.embed(patches.astype(self.dtype)) + pos.astype(self.dtype)
+        # Per-pixel normalisation (the channel is the fastest axis of a flattened patch).
+        x = normalize_images(patches.reshape(patches.shape[:2] + (self.patch * self.patch, 3)))
+        x = self.embed(x.reshape(patches.shape).astype(self.dtype)) + pos.astype(self.dtype)
         if self.pool == "tok":
             x = jnp.concatenate([jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, self.width)), x], axis=1)
         return x

@@ -8,7 +8,8 @@ The interface (the input pipeline in ``trainer.data`` implements the real source
   reduction already applied);
 * ``source.get_state() -> dict`` (JSON-serialisable): the position *after the last batch returned*; and
   ``source.set_state(dict)``, after which ``next_batch()`` continues exactly from there;
-* optional attributes ``vocab_size`` and ``eot_id`` (the tokenizer's), used when the caller does not give them.
+* optional attributes ``vocab_size`` and ``eot_id`` (or a ``tokenizer`` that has them), used when the caller
+  does not give them; without any, the spec's tokenizer file, else the variant's vocabulary.
 
 Here, sample ``i`` of step ``s`` of stage ``k`` has the global index ``g = s * batch + i`` and its content is a pure
 function of ``(seed, k, g)``: a class ``c`` drawn from it, an image made of the class's colour pattern plus noise, and a

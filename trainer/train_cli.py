@@ -1,0 +1,145 @@
+"""``clipa train`` and ``clipa eval``: the trainer's commands (registered in ``trainer.cli.REGISTRARS``).
+
+* ``clipa train SPEC [--run-dir DIR] [--synthetic]`` runs or resumes a spec (``trainer.loop.train``). The run
+  directory defaults to ``runs/<run_id>`` under the project root (``CLIPA_HOME``). Compiled programs are cached in
+  ``RUN_DIR/jax_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a resumed run does not compile again.
+  Exit codes: 0 done; 2 bad input (one line, as every command); 3 non-finite loss/gradient (the last good
+  checkpoint is kept); 128 + signal number after SIGTERM/SIGINT (a checkpoint was saved; rerun to resume).
+* ``clipa eval CHECKPOINT_OR_RUN_DIR --data DIR`` zero-shot evaluates a checkpoint with
+  ``trainer.data.zeroshot`` (the input-pipeline side), giving it ``embed_images`` / ``embed_texts`` callables.
+
+JAX is imported inside the command bodies only, so ``clipa plan`` stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from planner.errors import ClipaError
+
+EXIT_NON_FINITE = 3
+
+
+def default_run_dir(spec) -> Path:
+    from planner.paths import project_root
+
+    return project_root() / "runs" / spec.run_id
+
+
+def _enable_compile_cache(run_dir: Path) -> None:
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # JAX reads it itself
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(run_dir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory a checkpoint path belongs to (the folder holding spec.json), if any."""
+    from trainer.loop import SPEC_FILE
+
+    p = path.absolute()
+    for cand in (p, p.parent, p.parent.parent):
+        if (cand / SPEC_FILE).exists():
+            return cand
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        spec: Annotated[Path, typer.Argument(help="run spec file (YAML or JSON)")],
+        run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="checkpoints, metrics and the spec go "
+                                                       "here; rerunning with the same directory resumes")] = None,
+        synthetic: Annotated[bool, typer.Option("--synthetic", help="train on deterministic synthetic batches "
+                                                "(no data needed)")] = False,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
+        json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary at the end")] = False,
+    ) -> None:
+        """Train (or resume) a run spec on every device JAX sees: one CPU, a GPU, or a multi-host TPU slice."""
+        from planner.spec import load_spec
+
+        s = load_spec(spec)
+        rd = (run_dir or default_run_dir(s)).absolute()
+
+        from trainer.mesh import maybe_initialize_distributed
+
+        maybe_initialize_distributed()  # before any other JAX call
+        _enable_compile_cache(rd)
+        from trainer.loop import TrainingInterrupted, train
+        from trainer.synthetic import make_synthetic_source
+        from trainer.telemetry import NonFiniteError
+
+        try:
+            result = train(s, rd, make_synthetic_source if synthetic else None, progress=progress)
+        except NonFiniteError as e:
+            sys.stderr.write(f"error: {e}\n")
+            raise typer.Exit(EXIT_NON_FINITE) from None
+        except TrainingInterrupted as e:
+            sys.stderr.write(f"{e}\n")
+            raise typer.Exit(128 + e.signum) from None
+        summary = {
+            "run_id": s.run_id,
+            "run_dir": str(rd),
+            "global_step": result.global_step,
+            "final_loss": result.final_loss,
+            "cost": result.cost,
+        }
+        if json_out:
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        else:
+            loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+            sys.stdout.write(f"done: run {s.run_id}, {result.global_step} steps, final loss {loss}, "
+                             f"${result.cost['usd']:.4f} at {s.hardware}/{s.pricing}; {rd}\n")
+
+    @app.command("eval")
+    def eval_cmd(
+        checkpoint: Annotated[Path, typer.Argument(help="a run directory, its checkpoints folder, or one step")],
+        data: Annotated[Path, typer.Option("--data", help="zero-shot evaluation data (folder or shards)")],
+        json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    ) -> None:
+        """Zero-shot evaluation of a trained checkpoint (classification from class names and prompt templates)."""
+        try:
+            from trainer.data import zeroshot
+        except ImportError as e:
+            raise ClipaError("eval", f"zero-shot evaluation (trainer.data.zeroshot) is not available ({e})") from None
+        evaluate = getattr(zeroshot, "evaluate", None)
+        if evaluate is None:
+            raise ClipaError("eval", "trainer.data.zeroshot has no evaluate() function")
+        from trainer.checkpoint import load_trained
+        from trainer.model import embed_images, embed_texts
+
+        tm = load_trained(checkpoint)
+        rd = run_dir_of(checkpoint)
+        spec = None
+        if rd is not None:
+            from planner.spec import load_spec
+            from trainer.loop import SPEC_FILE
+
+            spec = load_spec(rd / SPEC_FILE)
+        offered = {
+            "data": str(data),
+            "embed_images": lambda images: embed_images(tm, images),
+            "embed_texts": lambda tokens: embed_texts(tm, tokens),
+            "image_res": tm.cfg.image_res,
+            "text_len": spec.stages[-1].text_len if spec else None,
+            "tokenizer": spec.tokenizer if spec else None,
+            "spec": spec,
+        }
+        params = inspect.signature(evaluate).parameters
+        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if (takes_all or k in params) and v is not None}
+        result = evaluate(**kwargs)
+        if json_out or not isinstance(result, dict):
+            sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        else:
+            for k, v in result.items():
+                sys.stdout.write(f"{k}: {v}\n")
