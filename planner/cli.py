@@ -31,8 +31,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (README examples, logs) gets a wide fixed width instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 SpecArg = Annotated[Optional[Path], typer.Argument(help="run spec file (YAML or JSON); or give --model/--schedule")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="model variant, e.g. B/16, L/14, H/14, G/14")]
@@ -224,3 +225,98 @@ def run_app(argv: list[str] | None = None) -> int:
             return 2
         raise
     return 0
+
+
+@app.command()
+def plan(
+    budget: Annotated[str, typer.Option("--budget", "-b", help="USD to spend: 10000, 10k, $2,500, or a preset name (budgets/presets.yaml)")],
+    hardware: HardwareOpt = None,
+    pricing: PricingOpt = None,
+    dataset: DatasetOpt = "datacomp-1b",
+    objective: Annotated[str, typer.Option(help="rank by 'mean' predicted top-1, or 'p10' (the interval's low end: cautious)")] = "mean",
+    top: Annotated[int, typer.Option(min=1, max=50, help="how many plans to list")] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="write the plan here instead of plans/<plan-id>/")] = None,
+    refit: Annotated[bool, typer.Option("--refit", help="refit the accuracy model instead of using the cached fit")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="draw the accuracy-against-cost frontier with the chosen plan (PNG)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
+
+    Without --hardware/--pricing it prices A100-80GB GPU-hours at the CLIPA papers' $1.575 on DataComp-1B, so the
+    answer is comparable with CLIPA-v2 (79.1% for ~$13.6k). It enumerates model x pre-training resolution x text
+    length x samples x fine-tune options, prices each with the cost model, predicts each with the fitted inverse-
+    scaling law (80% interval; 'extrapolated' outside the data), and writes plans/<plan-id>/plan.json plus a spec.
+    """
+    from planner.accuracy import load_or_fit, predict_frame
+    from planner.plan import make_plan, parse_budget, plot_frontier
+
+    usd = parse_budget(budget)
+    if out is not None:
+        from planner.plan import check_writable
+
+        check_writable(out)
+    if objective not in ("mean", "p10"):
+        raise ClipaError("objective", f"{objective!r} is not 'mean' or 'p10'")
+    fit = load_or_fit(refit=refit)
+    result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version, hardware, pricing, dataset,
+                       objective, top, out)  # type: ignore[arg-type]
+    body = result.body
+    if plot is not None:
+        plot_frontier(body, plot)
+    if json_out:
+        c = body["chosen"]
+        print_json({
+            "budget_usd": body["budget_usd"],
+            "chosen": {k: c[k] for k in ("model", "dataset", "schedule", "cost_usd", "device_hours", "predicted_top1",
+                                          "interval", "extrapolated", "run_id", "spec")},
+            "candidates_considered": body["candidates_considered"],
+            "candidates_within_budget": body["candidates_within_budget"],
+            "plan_dir": str(result.plan_dir),
+            "plan_id": result.plan_id,
+            "fit_version": body["fit_version"],
+            "hardware": body["hardware"],
+            "pricing": body["pricing"],
+            "runners_up": body["runners_up"],
+            "other_hardware": body["other_hardware"],
+        })
+        return
+    _print_plan(body, result.plan_dir, plot)
+
+
+def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
+    hw, pr = body["hardware"], body["pricing"]
+    console.print(
+        f"[bold]clipa plan[/bold]: ${body['budget_usd']:,.2f} on {hw} ({pr}), dataset {body['dataset']}, "
+        f"objective {body['objective']}; fit {body['fit_version']}"
+    )
+    console.print(f"{body['candidates_considered']:,} candidates priced, {body['candidates_within_budget']:,} within budget")
+    t = Table(title="best plans within budget", show_lines=False)
+    for col, j in (("#", "right"), ("model", "left"), ("schedule", "left"), ("device-h", "right"), ("USD", "right"),
+                   ("top-1 %", "right"), ("80% interval", "right"), ("flags", "left")):
+        t.add_column(col, justify=j)
+    for i, c in enumerate([body["chosen"]] + body["runners_up"]):
+        t.add_row(str(i + 1), c["model"], c["schedule"], fmt_hours(c["device_hours"]), fmt_usd(c["cost_usd"]),
+                  f"{c['predicted_top1']:.1f}", f"{c['interval'][0]:.1f}-{c['interval'][1]:.1f}",
+                  "extrapolated" if c["extrapolated"] else "", style="bold green" if i == 0 else None)
+    console.print(t)
+    f = Table(title="frontier: best predicted top-1 at each cost")
+    key = "predicted_top1" if body["objective"] == "mean" else "low"
+    f.add_column("USD", justify="right")
+    f.add_column("top-1 %", justify="right")
+    f.add_column("model")
+    pts = body["frontier"]
+    step = max(1, len(pts) // 10)
+    for p in pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else []):
+        f.add_row(fmt_usd(p["cost_usd"]), f"{p[key]:.1f}", p["model"])
+    console.print(f)
+    o = Table(title="the chosen plan on other hardware")
+    for col in ("hardware", "pricing", "device-hours", "USD"):
+        o.add_column(col, justify="right" if col in ("device-hours", "USD") else "left")
+    for r in sorted(body["other_hardware"], key=lambda r: r["cost_usd"]):
+        o.add_row(r["hardware"], r["pricing"], fmt_hours(r["device_hours"]), fmt_usd(r["cost_usd"]))
+    console.print(o)
+    c = body["chosen"]
+    console.print(f"plan written to {plan_dir}/plan.json; run spec: {c['spec']}")
+    console.print(f"execute with:  clipa run {plan_dir}")
+    if plot is not None:
+        console.print(f"frontier plot: {plot}")

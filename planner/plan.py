@@ -24,7 +24,8 @@ from planner.datasets import canonical_dataset
 from planner.errors import ClipaError
 from planner.hardware import catalog, default_pricing, get_hardware
 from planner.schedule import format_schedule
-from planner.search import Predictor, SearchSpace, candidate_stages, enumerate_candidates, frontier, space_for
+from planner.search import (Predictor, SearchSpace, candidate_features, candidate_stages, enumerate_candidates,
+                            frontier, space_for)
 from planner.spec import RunSpec, spec_from_dict
 from planner.store import atomic_write_text
 
@@ -116,7 +117,7 @@ def make_plan(
             f"${budget_usd:,.2f} buys no candidate on {hw.name} ({pricing}); the cheapest plan is {cheapest.model} "
             f"'{sched}' at ${cheapest.cost_usd:,.2f}",
         )
-    pred = predictor(affordable.assign(dataset=dataset))
+    pred = predictor(candidate_features(affordable, space, dataset))
     ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]])
     key = "predicted_top1" if objective == "mean" else "low"
     # Ties (equal predictions) go to the cheaper candidate.

@@ -199,6 +199,7 @@ def frontier(df: pd.DataFrame, value: str = "predicted_top1", n_bins: int = 40) 
     return env.reset_index(drop=True)
 
 
+# features (planner.features.FEATURE_COLUMNS) -> predicted_top1, low, high, extrapolated (same index)
 Predictor = Callable[[pd.DataFrame], pd.DataFrame]
 
 
