@@ -1,0 +1,193 @@
+"""The text tokenizer: byte-level BPE through the ``tokenizers`` library, with CLIP's conventions.
+
+Conventions (as OpenAI CLIP / OpenCLIP): text is whitespace-cleaned and lower-cased; words are split with CLIP's
+pre-tokenisation pattern and carry an end-of-word suffix ``</w>``; every caption is ``[SOT] tokens... [EOT]`` padded
+with id 0. Tokenizers trained here put ``<pad>`` at id 0 and the start/end tokens at the two highest ids, so that the
+end token has the top id in every row (text towers that pool at ``argmax(ids)``, as CLIP's does, rely on this).
+
+A user-supplied ``tokenizer.json`` (for example OpenAI CLIP's, or a BERT one) is accepted: its start/end tokens are
+found by name (``<|startoftext|>``/``<|endoftext|>``, ``[CLS]``/``[SEP]``, ...), its own post-processor is bypassed,
+and padding is always id 0, as in CLIP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from planner.errors import ClipaError
+
+PAD = "<pad>"
+SOT = "<start_of_text>"
+EOT = "<end_of_text>"
+_SOT_NAMES = (SOT, "<|startoftext|>", "<s>", "[CLS]", "<bos>")
+_EOT_NAMES = (EOT, "<|endoftext|>", "</s>", "[SEP]", "<eos>")
+# CLIP's pre-tokenisation regex (simple_tokenizer.py), in the tokenizers library's regex dialect.
+CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+# Rust-side parallelism would fight the decode threads for the two cores, and forks after it has started warn loudly.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _new_clip_bpe():
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=None))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+            # byte-level alphabet: no unknown characters, ever
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+class ClipTokenizer:
+    """CLIP-convention wrapper around a ``tokenizers.Tokenizer``.
+
+    ``encode(text)`` gives content ids only (no start/end); ``tokenize(texts, n)`` gives the truncated int32
+    ``[len(texts), n]`` array with start/end tokens and zero padding (text reductions live in ``text_reduction``).
+    """
+
+    pad_id = 0
+
+    def __init__(self, tokenizer, path: str | None = None):
+        self._tok = tokenizer
+        self.path = path
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        self.sot_id = next((vocab[n] for n in _SOT_NAMES if n in vocab), None)
+        self.eot_id = next((vocab[n] for n in _EOT_NAMES if n in vocab), None)
+        if self.sot_id is None or self.eot_id is None:
+            raise ClipaError(
+                "tokenizer", f"{path or 'tokenizer'} has no start/end tokens (looked for {_SOT_NAMES} / {_EOT_NAMES})"
+            )
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._special = {self.sot_id, self.eot_id, self.pad_id}
+
+    # --- loading / saving -------------------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path) -> ClipTokenizer:
+        from tokenizers import Tokenizer
+
+        path = str(path)
+        try:
+            if "://" in path:
+                import fsspec
+
+                with fsspec.open(path, "r") as f:
+                    tok = Tokenizer.from_str(f.read())
+            else:
+                tok = Tokenizer.from_file(path)
+        except FileNotFoundError:
+            raise ClipaError("tokenizer", f"file not found: {path}") from None
+        except Exception as e:  # tokenizers raises plain Exception on malformed JSON
+            raise ClipaError("tokenizer", f"cannot load {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+        return cls(tok, path)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        self._tok.save(str(tmp))
+        os.replace(tmp, path)
+        return path
+
+    # --- encoding ---------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Content token ids of one text (no start/end tokens; the file's own post-processor is bypassed)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids if int(i) not in self._special]
+        return self._tok.decode(ids).replace("</w>", " ").strip()
+
+    def tokenize(self, texts: str | Sequence[str], text_len: int) -> np.ndarray:
+        """``[SOT] content [EOT]`` truncated to ``text_len`` (the end token kept last), zero-padded, int32."""
+        from trainer.data.text_reduction import reduce_texts
+
+        if isinstance(texts, str):
+            texts = [texts]
+        return reduce_texts(texts, self, text_len, "truncate")
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> ClipTokenizer:
+    """Train a CLIP-convention BPE on captions: ``<pad>`` = 0, start/end tokens at the two highest ids."""
+    from tokenizers import pre_tokenizers, trainers
+
+    if vocab_size < 300:
+        raise ClipaError("vocab_size", f"{vocab_size} is too small (the byte alphabet alone is 256 tokens)")
+    tok = _new_clip_bpe()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 2,  # the start/end tokens are added after training, at the top of the id range
+        min_frequency=min_frequency,
+        special_tokens=[PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(captions, trainer=trainer)
+    tok.add_special_tokens([SOT, EOT])
+    if tok.token_to_id(PAD) != 0:  # pragma: no cover - guarded by the trainer's contract
+        raise RuntimeError("BPE trainer did not put <pad> at id 0")
+    return ClipTokenizer(tok)
+
+
+def load_tokenizer(path: str | Path) -> ClipTokenizer:
+    return ClipTokenizer.from_file(path)
+
+
+def find_tokenizer(explicit: str | None, data: str | None) -> str:
+    """The tokenizer file a run uses: the spec's ``tokenizer``, else ``tokenizer.json`` in (or above) the data folder."""
+    if explicit:
+        return explicit
+    if data and "{" not in data and "://" not in data:
+        p = Path(data)
+        folder = p if p.is_dir() else p.parent
+        for cand in (folder / "tokenizer.json", folder.parent / "tokenizer.json"):
+            if cand.exists():
+                return str(cand)
+    elif data and "://" in data:
+        base = data.rstrip("/")
+        if "{" in base or base.endswith(".tar"):
+            base = base.rsplit("/", 1)[0]
+        return base + "/tokenizer.json"
+    raise ClipaError(
+        "tokenizer", f"no tokenizer given and no tokenizer.json beside the data ({data}); "
+        "train one with: clipa data tokenizer --data DIR"
+    )
+
+
+def captions_from_shards(data: str, limit: int | None = None) -> Iterable[str]:
+    """Every caption in a dataset's shards, in shard order (for tokenizer training)."""
+    from trainer.data.reader import iter_shard_samples, list_shards
+
+    n = 0
+    for url in list_shards(data):
+        for sample in iter_shard_samples(url, stats=None):
+            raw = sample.get("txt")
+            if raw is None:
+                continue
+            yield raw.decode("utf-8", errors="replace")
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def tokenizer_info(tok: ClipTokenizer) -> dict:
+    return {"path": tok.path, "vocab_size": tok.vocab_size, "sot_id": tok.sot_id, "eot_id": tok.eot_id, "pad_id": 0}
+
+
+def _dump(tok: ClipTokenizer) -> str:  # debugging aid
+    return json.dumps(tokenizer_info(tok))
