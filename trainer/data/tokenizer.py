@@ -12,7 +12,6 @@ and padding is always id 0, as in CLIP.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -86,6 +85,8 @@ class ClipTokenizer:
                 with fsspec.open(path, "r") as f:
                     tok = Tokenizer.from_str(f.read())
             else:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(path)
                 tok = Tokenizer.from_file(path)
         except FileNotFoundError:
             raise ClipaError("tokenizer", f"file not found: {path}") from None
@@ -187,7 +188,3 @@ def captions_from_shards(data: str, limit: int | None = None) -> Iterable[str]:
 
 def tokenizer_info(tok: ClipTokenizer) -> dict:
     return {"path": tok.path, "vocab_size": tok.vocab_size, "sot_id": tok.sot_id, "eot_id": tok.eot_id, "pad_id": 0}
-
-
-def _dump(tok: ClipTokenizer) -> str:  # debugging aid
-    return json.dumps(tokenizer_info(tok))

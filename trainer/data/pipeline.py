@@ -1,0 +1,463 @@
+"""Batches for the trainer and the evaluators: the interface between the input side and the train loop.
+
+``make_train_source(spec, stage_index, process_index, process_count)`` returns a ``TrainSource``:
+``next_batch() -> {"images": uint8 [B_local, R, R, 3], "tokens": int32 [B_local, text_len]}`` with
+``B_local = stage.batch_size // process_count``, ``R = stage.image_res``, captions reduced to ``stage.text_len`` by
+``stage.text_reduction``; ``get_state()``/``set_state()`` (JSON-serialisable, exact resume); ``stats()``.
+
+How determinism survives threads: the raw-sample stream (``reader.ShardStream``) is advanced only on the caller's
+thread; each raw sample gets an index, and its crop and text-reduction randomness come from a generator seeded by
+(seed, stage, host, index), so decode threads can finish in any order. Results are consumed in submission order.
+The saved position is a stream snapshot plus the number of raw samples consumed since it, so samples that were read
+ahead (prefetched) but not handed out are read again after a restore, not lost.
+
+``make_eval_source(path, image_res, ...)`` reads an evaluation set once, in order (no shuffling, no crop): a folder
+of class subfolders (ImageNet style), or shards whose json carries the class index (``label`` or ``cls``) or that
+have a ``.cls`` member; images are resized directly to the eval resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.errors import ClipaError
+from trainer.data.images import BadImage, decode_eval, decode_train
+from trainer.data.reader import IMAGE_EXTS, ShardStream, list_shards, split_shards
+from trainer.data.text_reduction import reduce_one
+from trainer.data.tokenizer import ClipTokenizer, find_tokenizer, load_tokenizer
+
+STATE_VERSION = 1
+DEFAULT_SHUFFLE_BUFFER = 2000
+DEFAULT_CYCLE_LENGTH = 4
+
+
+def default_decode_threads() -> int:
+    """Decode threads per host: half the cores (the other half runs the step), at most 16; CLIPA_DECODE_THREADS wins."""
+    env = os.environ.get("CLIPA_DECODE_THREADS")
+    if env:
+        return max(0, int(env))
+    return max(1, min(16, (os.cpu_count() or 2) // 2))
+
+
+def decode_caption(raw: bytes, events: dict[str, int]) -> str | None:
+    """UTF-8 caption; other encodings are read as cp1252/latin-1 (counted), empty ones rejected (counted)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        events["caption_not_utf8"] = events.get("caption_not_utf8", 0) + 1
+        try:
+            text = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+    text = text.replace("\x00", " ").strip()
+    if not text:
+        events["empty_caption"] = events.get("empty_caption", 0) + 1
+        return None
+    return text
+
+
+def _known_tags(sample: dict[str, Any], text: str) -> list[tuple[str, str]] | None:
+    """Part-of-speech tags the dataset ships (synth does), if they match the caption's words; else None."""
+    raw = sample.get("json")
+    if not raw or b'"pos"' not in raw:
+        return None
+    try:
+        pos = json.loads(raw).get("pos")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(pos, list):
+        return None
+    from trainer.data.postag import split_words
+
+    try:
+        tagged = [(str(w), str(t)) for w, t in pos]
+    except (TypeError, ValueError):
+        return None
+    return tagged if [w for w, _ in tagged] == split_words(text) else None
+
+
+def image_bytes(sample: dict[str, Any]) -> bytes | None:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return sample[ext]
+    return None
+
+
+class TrainSource:
+    """Shuffled, augmented, tokenized training batches for one host; see the module docstring."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        tokenizer: ClipTokenizer,
+        batch_size: int,
+        image_res: int,
+        text_len: int,
+        text_reduction: str = "truncate",
+        seed: int | list[int] = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        cycle_length: int = DEFAULT_CYCLE_LENGTH,
+        decode_threads: int | None = None,
+        prefetch_batches: int = 2,
+        fast_decode: bool = True,
+    ):
+        if batch_size <= 0:
+            raise ClipaError("batch_size", "must be positive")
+        self.batch_size = batch_size
+        self.image_res = image_res
+        self.text_len = text_len
+        self.text_reduction = getattr(text_reduction, "value", text_reduction)
+        self.tokenizer = tokenizer
+        self.seed = [int(s) for s in (seed if isinstance(seed, (list, tuple)) else [seed])]
+        self.process_index = process_index
+        self.fast_decode = fast_decode
+        self.stream = ShardStream(urls, self.seed, process_index, process_count, shuffle_buffer, cycle_length)
+        self.decode_threads = default_decode_threads() if decode_threads is None else decode_threads
+        self._pool = ThreadPoolExecutor(self.decode_threads, "clipa-decode") if self.decode_threads > 0 else None
+        self.prefetch = max(1, prefetch_batches) * batch_size
+        self._init_pipeline(self.stream.get_state(), 0, {})
+
+    # --- pipeline bookkeeping --------------------------------------------------------------------------------------
+    def _init_pipeline(self, snapshot: dict, skip: int, decode_stats: dict[str, int]) -> None:
+        self._pending: deque[tuple[Future | tuple, int, int]] = deque()
+        self._snaps: dict[int, dict] = {0: snapshot}
+        self._snap_id = 0
+        self._since = skip  # raw samples pulled since snapshot _snap_id
+        self._consumed = (0, skip)
+        self._decode_stats: dict[str, int] = dict(decode_stats)
+
+    def _submit(self) -> None:
+        if self._since >= self.batch_size:  # a fresh snapshot every batch-worth of raw samples
+            self._snap_id += 1
+            self._snaps[self._snap_id] = self.stream.get_state()
+            self._since = 0
+        sample = self.stream.next()
+        tag = (self._snap_id, self._since)
+        self._since += 1
+        if self._pool is None:
+            self._pending.append((self._work(sample), *tag))
+        else:
+            self._pending.append((self._pool.submit(self._work, sample), *tag))
+
+    def _fill(self) -> None:
+        while len(self._pending) < self.prefetch:
+            self._submit()
+
+    def _work(self, sample: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, int]]:
+        events: dict[str, int] = {}
+        idx = sample["__index__"]
+        rng = np.random.default_rng(self.seed + [self.process_index, idx, 0xA11])
+        text = decode_caption(sample["txt"], events)
+        if text is None:
+            return None, None, events
+        try:
+            img = decode_train(image_bytes(sample), self.image_res, rng, events, fast=self.fast_decode)
+        except BadImage:
+            events["bad_image"] = events.get("bad_image", 0) + 1
+            return None, None, events
+        tagged = _known_tags(sample, text) if self.text_reduction == "syntax" else None
+        try:
+            tokens = reduce_one(text, self.tokenizer, self.text_len, self.text_reduction, rng, tagged)
+        except Exception as e:  # a caption the tokenizer or tagger chokes on: skip it, like a bad image
+            if isinstance(e, ClipaError):
+                raise
+            events["bad_caption"] = events.get("bad_caption", 0) + 1
+            return None, None, events
+        return img, tokens, events
+
+    # --- the interface -----------------------------------------------------------------------------------------------
+    def next_batch(self) -> dict[str, np.ndarray]:
+        images = np.empty((self.batch_size, self.image_res, self.image_res, 3), np.uint8)
+        tokens = np.empty((self.batch_size, self.text_len), np.int32)
+        n = 0
+        while n < self.batch_size:
+            self._fill()
+            fut, sid, k = self._pending.popleft()
+            img, tok, events = fut.result() if isinstance(fut, Future) else fut
+            for name, v in events.items():
+                if name != "draft_decodes":
+                    self._decode_stats[name] = self._decode_stats.get(name, 0) + v
+            self._consumed = (sid, k + 1)
+            if img is None:
+                continue
+            images[n] = img
+            tokens[n] = tok
+            n += 1
+        self._decode_stats["batches"] = self._decode_stats.get("batches", 0) + 1
+        self._decode_stats["samples_out"] = self._decode_stats.get("samples_out", 0) + n
+        for old in [s for s in self._snaps if s < self._consumed[0]]:
+            del self._snaps[old]
+        self._fill()  # decode the next batch while the caller trains on this one
+        return {"images": images, "tokens": tokens}
+
+    def get_state(self) -> dict[str, Any]:
+        sid, skip = self._consumed
+        return {
+            "version": STATE_VERSION,
+            "stream": self._snaps[sid],
+            "skip": skip,
+            "decode_stats": dict(self._decode_stats),
+            "config": self._config(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ClipaError("data_state", "not a saved input-pipeline state (or an unsupported version)")
+        if state.get("config") != self._config():
+            raise ClipaError("data_state", f"the saved input state was made for {state.get('config')}, "
+                                           f"not {self._config()}")
+        self._drain()
+        self.stream.set_state(state["stream"])
+        # replay the raw samples consumed after the snapshot (reading only; they are not decoded again)
+        for _ in range(int(state["skip"])):
+            self.stream.next()
+        self._init_pipeline(state["stream"], int(state["skip"]), state.get("decode_stats", {}))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: samples read, skipped and converted, by reason (stream counts include read-ahead)."""
+        out: dict[str, Any] = {k: v for k, v in self.stream.stats.items() if not k.startswith("_")}
+        for k, v in self._decode_stats.items():
+            out[k] = out.get(k, 0) + v
+        notes = self.stream.stats.get("_notes")
+        if notes:
+            out["last_problems"] = list(notes)
+        return out
+
+    def close(self) -> None:
+        self._drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.stream.close()
+
+    def __enter__(self) -> TrainSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _drain(self) -> None:
+        for fut, _, _ in self._pending:
+            if isinstance(fut, Future):
+                fut.cancel()
+        for fut, _, _ in self._pending:
+            if isinstance(fut, Future) and not fut.cancelled():
+                fut.exception()  # wait; errors are irrelevant, the samples are dropped
+        self._pending.clear()
+
+    def _config(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "image_res": self.image_res, "text_len": self.text_len,
+                "text_reduction": self.text_reduction, "seed": self.seed}
+
+
+def make_train_source(spec, stage_index: int, process_index: int = 0, process_count: int = 1,
+                      **options: Any) -> TrainSource:
+    """The training source for one stage of a run spec, for host ``process_index`` of ``process_count``.
+
+    Options (keyword): shuffle_buffer, cycle_length, decode_threads, prefetch_batches, fast_decode.
+    """
+    if not 0 <= stage_index < len(spec.stages):
+        raise ClipaError("stage", f"stage {stage_index} does not exist (the spec has {len(spec.stages)})")
+    if not 0 <= process_index < process_count:
+        raise ClipaError("process_index", f"{process_index} is not in 0..{process_count - 1}")
+    stage = spec.stages[stage_index]
+    if stage.batch_size % process_count:
+        raise ClipaError(f"stages[{stage_index}].batch_size",
+                         f"{stage.batch_size} is not divisible by the {process_count} hosts")
+    if not spec.data:
+        raise ClipaError("data", "the spec names no training data (set 'data' to a shard folder, pattern or URL)")
+    urls = list_shards(spec.data)
+    tokenizer = load_tokenizer(find_tokenizer(spec.tokenizer, spec.data))
+    return TrainSource(
+        urls,
+        tokenizer,
+        batch_size=stage.batch_size // process_count,
+        image_res=stage.image_res,
+        text_len=stage.text_len,
+        text_reduction=stage.text_reduction,
+        seed=[spec.seed, stage_index],
+        process_index=process_index,
+        process_count=process_count,
+        **options,
+    )
+
+
+# --- evaluation sources -------------------------------------------------------------------------------------------
+_IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
+
+
+def _sample_label(sample: dict[str, Any]) -> int | None:
+    if "cls" in sample:
+        try:
+            return int(sample["cls"].decode().strip())
+        except ValueError:
+            return None
+    raw = sample.get("json")
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            return None
+        for k in ("label", "cls", "class_index", "target"):
+            if isinstance(meta.get(k), int):
+                return int(meta[k])
+    return None
+
+
+class EvalSource:
+    """An evaluation set, read in order once per iteration: batches of ``{"images", "labels", "texts"}``.
+
+    ``labels`` is -1 where a sample has no class label; ``texts`` is its caption ("" if none).
+    ``classnames``/``templates`` are those found beside the data (``classes.txt``, ``templates.txt``), the ImageNet
+    ones for a 1000-class folder of WordNet ids, or None. Problems are counted in ``stats()``.
+    """
+
+    def __init__(self, path: str, image_res: int, batch_size: int = 256, limit: int | None = None,
+                 process_index: int = 0, process_count: int = 1, decode_threads: int | None = None):
+        self.path = str(path)
+        self.image_res = image_res
+        self.batch_size = batch_size
+        self.limit = limit
+        self.process_index, self.process_count = process_index, process_count
+        self.decode_threads = default_decode_threads() if decode_threads is None else decode_threads
+        self._stats: dict[str, Any] = {}
+        self.classnames: list[str] | None = None
+        self.templates: list[str] | None = None
+        self._files: list[tuple[str, int]] | None = None
+        self._shards: list[str] | None = None
+        p = Path(self.path)
+        if p.is_dir() and not any(p.glob("*.tar")) and (p / "eval").is_dir():
+            p = p / "eval"  # a synth dataset root
+            self.path = str(p)
+        if p.is_dir() and not any(p.glob("*.tar")):
+            self._init_folder(p)
+        else:
+            shards = list_shards(self.path)
+            # hosts evaluate disjoint shards; with fewer shards than hosts every host evaluates all of them
+            self._shards = split_shards(shards, process_index, process_count) if len(shards) >= process_count \
+                else shards
+            self._find_metadata(p if p.is_dir() else p.parent)
+
+    def _find_metadata(self, folder: Path) -> None:
+        from trainer.data.zeroshot import load_classnames, load_templates
+
+        for d in (folder, folder.parent):
+            if self.classnames is None and (d / "classes.txt").exists():
+                self.classnames = load_classnames(d / "classes.txt")
+            if self.templates is None and (d / "templates.txt").exists():
+                self.templates = load_templates(d / "templates.txt")
+
+    def _init_folder(self, root: Path) -> None:
+        from trainer.data.zeroshot import imagenet_classnames, openai_templates
+
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not classes:
+            raise ClipaError("eval_data", f"{root} has neither shards nor class subfolders")
+        files = []
+        for i, c in enumerate(classes):
+            for f in sorted((root / c).iterdir()):
+                if f.suffix.lower() in _IMG_SUFFIXES:
+                    files.append((str(f), i))
+        self._files = files[self.process_index :: self.process_count]
+        self._find_metadata(root)
+        if self.classnames is None:
+            if len(classes) == 1000 and all(c.startswith("n") and c[1:].isdigit() for c in classes):
+                # ImageNet's folders are WordNet ids; their sorted order is the standard class index order
+                self.classnames = imagenet_classnames()
+                self.templates = self.templates or openai_templates()
+            else:
+                self.classnames = [c.replace("_", " ") for c in classes]
+
+    def _items(self) -> Iterator[tuple[bytes | None, int, str]]:
+        n = 0
+        if self._files is not None:
+            for path, label in self._files:
+                if self.limit is not None and n >= self.limit:
+                    return
+                try:
+                    data = Path(path).read_bytes()
+                except OSError:
+                    self._bump("unreadable_file")
+                    continue
+                n += 1
+                yield data, label, ""
+            return
+        from trainer.data.reader import iter_shard_samples
+
+        for url in self._shards or []:
+            for sample in iter_shard_samples(url, 0, self._stats):
+                if self.limit is not None and n >= self.limit:
+                    return
+                data = image_bytes(sample)
+                if data is None:
+                    self._bump("missing_image")
+                    continue
+                text = decode_caption(sample["txt"], self._stats) if "txt" in sample else None
+                n += 1
+                yield data, _sample_label(sample), text or ""
+
+    def _bump(self, name: str) -> None:
+        self._stats[name] = self._stats.get(name, 0) + 1
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray | None, dict[str, int]]:
+        events: dict[str, int] = {}
+        try:
+            return decode_eval(data, self.image_res, events), events
+        except BadImage:
+            events["bad_image"] = 1
+            return None, events
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 0 else None
+        try:
+            buf: list[tuple[Any, int, str]] = []
+            for data, label, text in self._items():
+                job = pool.submit(self._decode, data) if pool else self._decode(data)
+                buf.append((job, -1 if label is None else label, text))
+                if len(buf) >= self.batch_size:
+                    batch = self._collect(buf)
+                    buf = []
+                    if batch is not None:
+                        yield batch
+            if buf:
+                batch = self._collect(buf)
+                if batch is not None:
+                    yield batch
+        finally:
+            if pool:
+                pool.shutdown(wait=True)
+
+    def _collect(self, buf: list) -> dict[str, Any] | None:
+        imgs, labels, texts = [], [], []
+        for job, label, text in buf:
+            img, events = job.result() if isinstance(job, Future) else job
+            for k, v in events.items():
+                if k != "draft_decodes":
+                    self._stats[k] = self._stats.get(k, 0) + v
+            if img is None:
+                continue
+            imgs.append(img)
+            labels.append(label)
+            texts.append(text)
+        self._stats["samples"] = self._stats.get("samples", 0) + len(imgs)
+        if not imgs:
+            return None
+        return {"images": np.stack(imgs), "labels": np.asarray(labels, np.int64), "texts": texts}
+
+    def stats(self) -> dict[str, Any]:
+        return {k: v for k, v in self._stats.items() if not k.startswith("_")}
+
+
+def make_eval_source(path: str, image_res: int, batch_size: int = 256, limit: int | None = None,
+                     process_index: int = 0, process_count: int = 1, decode_threads: int | None = None) -> EvalSource:
+    return EvalSource(path, image_res, batch_size, limit, process_index, process_count, decode_threads)
