@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tpu_helpers import WORKER_SCRIPT, CheckpointWatcher, fast_options, write_spec
+from tpu_helpers import WORKER_SCRIPT, Watcher, checkpoint_reached, fast_options, write_spec
 from trainer.tpu.fake_server import FakeConfig
 from trainer.tpu.launcher import run_on_tpu
 from trainer.tpu.workers import LocalExec
@@ -32,7 +32,7 @@ def _nothing_allocated(fake, tpu_api):
 def test_two_stage_run_survives_preemption_mid_stage(tmp_path, fake, tpu_api):
     spec = write_spec(tmp_path / "spec.json")
     remote = tmp_path / "bucket" / "clipa-tpu-test"
-    watcher = CheckpointWatcher(remote / "checkpoint.json", stage=1, step=3, action=lambda: fake.fake.preempt())
+    watcher = Watcher(checkpoint_reached(remote / "checkpoint.json", stage=1, step=3), lambda: fake.fake.preempt())
     try:
         outcome, remote_dir, lines = _run(tmp_path, fake, tpu_api, spec)
     finally:

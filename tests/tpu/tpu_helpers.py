@@ -37,22 +37,18 @@ def fast_options(bucket: Path, **overrides) -> TpuOptions:
     return TpuOptions.create(**kw)
 
 
-class CheckpointWatcher:
-    """Calls ``action`` once, from a background thread, when the worker's checkpoint reaches (stage, step)."""
+class Watcher:
+    """Calls ``action`` once, from a background thread, as soon as ``predicate()`` is true (polled every 10 ms)."""
 
-    def __init__(self, checkpoint: Path, stage: int, step: int, action):
+    def __init__(self, predicate, action):
         self.fired = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, args=(checkpoint, stage, step, action), daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(predicate, action), daemon=True)
         self._thread.start()
 
-    def _watch(self, checkpoint: Path, stage: int, step: int, action) -> None:
+    def _watch(self, predicate, action) -> None:
         while not self._stop.is_set():
-            try:
-                state = json.loads(checkpoint.read_text())
-            except (OSError, ValueError):
-                state = None
-            if state and (state["stage"], state["step"]) >= (stage, step):
+            if predicate():
                 action()
                 self.fired.set()
                 return
@@ -61,3 +57,16 @@ class CheckpointWatcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def checkpoint_reached(checkpoint: Path, stage: int, step: int):
+    """For worker_script.py's checkpoint: true once it is at (stage, step) or later."""
+
+    def predicate() -> bool:
+        try:
+            state = json.loads(checkpoint.read_text())
+        except (OSError, ValueError):
+            return False
+        return (state["stage"], state["step"]) >= (stage, step)
+
+    return predicate

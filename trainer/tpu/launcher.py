@@ -415,7 +415,10 @@ class Launcher:
                     break
                 next_check = _mono() + opts.monitor_interval_s
             time.sleep(tick)
-        codes = [p.stop() for p in self._procs]
+        # A preempted VM takes its processes with it, without a chance to checkpoint: local workers are killed the
+        # same way, so what resumes is what a real requeue would resume. Otherwise they get SIGTERM and 10 s.
+        grace = 0.0 if end == "preempted" else 10.0
+        codes = [p.stop(grace_s=grace) for p in self._procs]
         self._procs = []
         attempt.worker_exit_codes = codes
         self._save()

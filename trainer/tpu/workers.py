@@ -85,8 +85,11 @@ class WorkerProcess:
         return code
 
     def stop(self, grace_s: float = 10.0) -> int | None:
-        """SIGTERM the process group, then SIGKILL after ``grace_s``; returns the exit code."""
-        if self._proc.poll() is None:
+        """SIGTERM the process group, then SIGKILL after ``grace_s`` (at once when it is 0); returns the exit code."""
+        if self._proc.poll() is None and grace_s <= 0:
+            self._signal(signal.SIGKILL)
+            self._proc.wait()
+        elif self._proc.poll() is None:
             self._signal(signal.SIGTERM)
             try:
                 self._proc.wait(grace_s)
