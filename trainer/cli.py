@@ -15,6 +15,7 @@ from planner.cli import app, run_app
 REGISTRARS: list[str] = [
     "trainer.tpu.cli",
     "trainer.train_cli",
+    "trainer.data.cli",
 ]
 
 _registered = False

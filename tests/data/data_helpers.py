@@ -26,7 +26,7 @@ def image_bytes(w: int = 48, h: int = 40, mode: str = "RGB", fmt: str = "JPEG", 
     elif mode == "P":
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").quantize(16)
     elif mode == "I;16":
-        img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16), "I;16")
+        img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))  # mode I;16
     else:
         raise ValueError(mode)
     buf = io.BytesIO()

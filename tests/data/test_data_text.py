@@ -173,3 +173,9 @@ def test_tagger_is_offline_and_deterministic():
     b = pos_tag("A man riding a horse on a sandy beach.")
     assert a == b and a[1] == ("man", "NN") and a[2][1].startswith("VB")
     assert pos_tag("") == []
+
+
+def test_tokenizer_training_is_deterministic(tmp_path):
+    """The same captions give a byte-identical tokenizer (CLIP's </w> suffix would not: see tokenizer.py)."""
+    paths = [train_tokenizer(CAPTIONS * 3, vocab_size=350).save(tmp_path / f"t{i}.json") for i in range(3)]
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()

@@ -120,8 +120,11 @@ class TarError(Exception):
 def _octal(field: bytes) -> int:
     if field and field[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field[1:], "big")
-    field = field.rstrip(b"\0 ").strip(b" \0")
-    return int(field, 8) if field else 0
+    field = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(field, 8) if field else 0
+    except ValueError:
+        raise TarError(f"not a tar header (numeric field {field[:12]!r})") from None
 
 
 def _pax_path(data: bytes) -> str | None:

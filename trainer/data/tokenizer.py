@@ -1,8 +1,11 @@
 """The text tokenizer: byte-level BPE through the ``tokenizers`` library, with CLIP's conventions.
 
 Conventions (as OpenAI CLIP / OpenCLIP): text is whitespace-cleaned and lower-cased; words are split with CLIP's
-pre-tokenisation pattern and carry an end-of-word suffix ``</w>``; every caption is ``[SOT] tokens... [EOT]`` padded
-with id 0. Tokenizers trained here put ``<pad>`` at id 0 and the start/end tokens at the two highest ids, so that the
+pre-tokenisation pattern; byte-level BPE, so no character is ever unknown; every caption is ``[SOT] tokens... [EOT]``
+padded with id 0. One deliberate difference: CLIP marks word *ends* with a ``</w>`` suffix, we mark word *starts* with
+the byte-level space symbol (GPT-2 style ``Ġ``). Both tell the model where words begin, but the ``tokenizers``
+library's BPE trainer numbers suffix tokens in hash-map order, so training with ``</w>`` gives a different tokenizer
+on every run (huggingface/tokenizers issue 1794); with the prefix it is deterministic. Tokenizers trained here put ``<pad>`` at id 0 and the start/end tokens at the two highest ids, so that the
 end token has the top id in every row (text towers that pool at ``argmax(ids)``, as CLIP's does, rely on this).
 
 A user-supplied ``tokenizer.json`` (for example OpenAI CLIP's, or a BERT one) is accepted: its start/end tokens are
@@ -35,15 +38,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _new_clip_bpe():
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=None))
+    tok = Tokenizer(models.BPE(unk_token=None))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
     )
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
-            # byte-level alphabet: no unknown characters, ever
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            # byte-level alphabet (no unknown characters); the prefix space marks each word's start
+            pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
         ]
     )
     tok.decoder = decoders.ByteLevel()
@@ -112,7 +115,7 @@ class ClipTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids if int(i) not in self._special]
-        return self._tok.decode(ids).replace("</w>", " ").strip()
+        return " ".join(self._tok.decode(ids).replace("</w>", " ").split())
 
     def tokenize(self, texts: str | Sequence[str], text_len: int) -> np.ndarray:
         """``[SOT] content [EOT]`` truncated to ``text_len`` (the end token kept last), zero-padded, int32."""
@@ -124,7 +127,9 @@ class ClipTokenizer:
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> ClipTokenizer:
-    """Train a CLIP-convention BPE on captions: ``<pad>`` = 0, start/end tokens at the two highest ids."""
+    """Train a CLIP-convention BPE on captions: ``<pad>`` = 0, start/end tokens at the two highest ids.
+
+    Deterministic: the same captions give a byte-identical tokenizer."""
     from tokenizers import pre_tokenizers, trainers
 
     if vocab_size < 300:
@@ -135,7 +140,6 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int = 8192, min_frequen
         min_frequency=min_frequency,
         special_tokens=[PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
         show_progress=False,
     )
     tok.train_from_iterator(captions, trainer=trainer)

@@ -1,0 +1,192 @@
+"""Zero-shot classification and image-text retrieval, written against embedding callables (no model code here).
+
+``embed_images(uint8 [N, R, R, 3]) -> float [N, D]`` and ``embed_texts(int32 [N, text_len]) -> float [N, D]`` are
+supplied by the caller (the trainer wraps its jitted towers); outputs need not be normalised, we L2-normalise them.
+
+Classification (CLIP's prompt ensembling): every class name is put into every template, the text embeddings are
+normalised, averaged per class and normalised again; an image's prediction is its highest cosine similarity; top-1
+and top-5 accuracy are reported with the number of images ``n`` (so hosts can combine their parts). Classes are
+embedded ``class_batch`` at a time to bound memory. Prompts are tokenized with plain truncation to ``text_len``.
+
+Retrieval: one caption per image on a held-out split; recall@K in both directions.
+
+Also the package data: ImageNet-1k class names (OpenAI CLIP's curated names, standard index order) and the 80 CLIP
+prompt templates (``trainer/assets``), and readers for a dataset's own ``classes.txt``/``templates.txt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.errors import ClipaError
+
+EmbedFn = Callable[[np.ndarray], Any]
+
+
+# --- class names and templates -------------------------------------------------------------------------------------
+def _asset_lines(name: str) -> list[str]:
+    # located beside the package rather than through importlib.resources: under pytest the top-level name
+    # "trainer" can also match tests/trainer, which turns it into a multi-path package that resources rejects
+    text = (Path(__file__).resolve().parent.parent / "assets" / name).read_text(encoding="utf-8")
+    return [ln.rstrip("\n") for ln in text.splitlines() if ln.strip()]
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet-1k class names (OpenAI CLIP's), in class-index order."""
+    return _asset_lines("imagenet_classes.txt")
+
+
+def openai_templates() -> list[str]:
+    """The 80 CLIP ImageNet prompt templates, each with one ``{}`` for the class name."""
+    return _asset_lines("clip_templates.txt")
+
+
+def load_classnames(path: str | Path) -> list[str]:
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    names = [ln for ln in lines if ln]
+    if not names:
+        raise ClipaError("classes", f"{path} lists no class names")
+    return names
+
+
+def load_templates(path: str | Path) -> list[str]:
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    templates = [ln for ln in lines if ln]
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ClipaError("templates", f"{path}: every template needs exactly one '{{}}' (bad: {bad[:2]})")
+    return templates
+
+
+# --- maths ---------------------------------------------------------------------------------------------------------
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def build_classifier(
+    embed_texts: EmbedFn,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    tokenizer,
+    text_len: int,
+    class_batch: int = 64,
+) -> np.ndarray:
+    """Zero-shot weights ``[C, D]``: per class, the re-normalised mean of its normalised prompt embeddings."""
+    if not classnames:
+        raise ClipaError("classnames", "no class names")
+    if not templates:
+        raise ClipaError("templates", "no prompt templates")
+    rows = []
+    for start in range(0, len(classnames), class_batch):
+        chunk = classnames[start : start + class_batch]
+        texts = [t.format(c) for c in chunk for t in templates]
+        tokens = tokenizer.tokenize(texts, text_len)
+        emb = _normalise(np.asarray(embed_texts(tokens)))
+        emb = emb.reshape(len(chunk), len(templates), -1).mean(axis=1)
+        rows.append(_normalise(emb))
+    return np.concatenate(rows, axis=0)
+
+
+def _batches(source: Iterable) -> Iterable[tuple[np.ndarray, np.ndarray, list[str] | None]]:
+    for b in source:
+        if isinstance(b, dict):
+            yield b["images"], np.asarray(b.get("labels", []), np.int64), b.get("texts")
+        else:
+            images, labels = b[0], b[1]
+            yield images, np.asarray(labels, np.int64), (b[2] if len(b) > 2 else None)
+
+
+def zero_shot_classify(
+    embed_images: EmbedFn,
+    embed_texts: EmbedFn,
+    eval_source: Iterable,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    tokenizer,
+    text_len: int,
+    class_batch: int = 64,
+    limit: int | None = None,
+) -> dict[str, float | int]:
+    """Top-1/top-5 accuracy of zero-shot classification over ``eval_source``.
+
+    ``eval_source`` yields ``{"images": uint8 [B,R,R,3], "labels": int [B]}`` (or ``(images, labels)``); samples
+    labelled -1 (unlabelled) are ignored. Returns ``{"top1", "top5", "n"}`` with accuracies in 0..1.
+    """
+    weights = build_classifier(embed_texts, classnames, templates, tokenizer, text_len, class_batch)
+    k = min(5, len(classnames))
+    n = hit1 = hit5 = 0
+    for images, labels, _ in _batches(eval_source):
+        keep = labels >= 0
+        if not keep.any():
+            continue
+        if labels.max() >= len(classnames):
+            raise ClipaError("labels", f"label {int(labels.max())} is out of range for {len(classnames)} classes")
+        if limit is not None and n + int(keep.sum()) > limit:
+            idx = np.nonzero(keep)[0][: limit - n]
+            keep = np.zeros_like(keep)
+            keep[idx] = True
+        feats = _normalise(np.asarray(embed_images(np.asarray(images)[keep] if not keep.all() else images)))
+        logits = feats @ weights.T
+        y = labels[keep]
+        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else \
+            np.argsort(-logits, axis=1)[:, :k]
+        hit5 += int((topk == y[:, None]).any(axis=1).sum())
+        hit1 += int((logits.argmax(axis=1) == y).sum())
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    if n == 0:
+        raise ClipaError("eval_data", "no labelled evaluation images were read")
+    return {"top1": hit1 / n, "top5": hit5 / n, "n": n}
+
+
+def retrieval_recall(
+    embed_images: EmbedFn,
+    embed_texts: EmbedFn,
+    eval_source: Iterable,
+    tokenizer,
+    text_len: int,
+    ks: Sequence[int] = (1, 5),
+    limit: int | None = 5000,
+) -> dict[str, float | int]:
+    """Image->text and text->image recall@K with one caption per image (the held-out split's own captions).
+
+    Returns ``{"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "n"}`` (one key per K). ``limit`` bounds the N x N similarity.
+    """
+    img_feats, txt_feats = [], []
+    n = 0
+    for images, _labels, texts in _batches(eval_source):
+        if texts is None:
+            raise ClipaError("eval_data", "retrieval needs captions (txt) with the evaluation images")
+        images = np.asarray(images)
+        if limit is not None:
+            images, texts = images[: limit - n], list(texts)[: limit - n]
+        if len(texts) == 0:
+            break
+        img_feats.append(_normalise(np.asarray(embed_images(images))))
+        txt_feats.append(_normalise(np.asarray(embed_texts(tokenizer.tokenize(list(texts), text_len)))))
+        n += len(texts)
+        if limit is not None and n >= limit:
+            break
+    if n == 0:
+        raise ClipaError("eval_data", "no evaluation images were read")
+    im = np.concatenate(img_feats)
+    tx = np.concatenate(txt_feats)
+    sim = im @ tx.T
+    # rank of the true partner: how many other candidates score at least as high (ties count against the model,
+    # so a collapsed embedding scores 0, not 1)
+    diag = np.diag(sim)
+    i2t_rank = (sim >= diag[:, None]).sum(axis=1) - 1
+    t2i_rank = (sim >= diag[None, :]).sum(axis=0) - 1
+    out: dict[str, float | int] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t_rank < k).mean())
+        out[f"t2i_r{k}"] = float((t2i_rank < k).mean())
+    out["n"] = n
+    return out
