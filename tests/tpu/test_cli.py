@@ -27,8 +27,8 @@ def cli(argv, capsys):
 @pytest.mark.parametrize("fake_config", [FakeConfig(waiting_polls=2, provisioning_polls=1)])
 def test_up_status_down(fake, capsys):
     ep = ["--endpoint", fake.address]
-    code, out, err = cli(["tpu", "up", *COMMON, *ep, *FAST, "--name", "manual-1", "--hardware", "tpu-v6e", "--slice", "16",
-                          "--pricing", "on-demand", "--json"], capsys)
+    code, out, err = cli(["tpu", "up", *COMMON, *ep, *FAST, "--name", "manual-1", "--hardware", "tpu-v6e",
+                          "--slice", "16", "--pricing", "on-demand", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["state"] == "READY" and info["accelerator_type"] == "v6e-16" and not info["spot"]

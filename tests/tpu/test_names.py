@@ -7,7 +7,7 @@ import json
 import shlex
 
 import pytest
-from tpu_helpers import fast_options, write_spec
+from tpu_helpers import write_spec
 
 from planner.errors import ClipaError
 from trainer.cli import build_app

@@ -2,9 +2,10 @@
 
 Invoked exactly like ``python -m trainer.cli train SPEC --run-dir DIR`` (argv: SPEC --run-dir DIR), with the
 variables the launcher sets for local workers (CLIPA_DISTRIBUTED, JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID). It walks the spec's stages step by step (samples / batch_size steps each, a short sleep per step); process 0 writes a checkpoint after every
-step (atomically) and ``result.json`` at the end, and every process resumes from the checkpoint it finds, as the
-real trainer resumes from its run dir. It prints its environment so tests can check that no secret reached it.
+JAX_PROCESS_ID). It walks the spec's stages step by step (samples / batch_size steps each, a short sleep per step);
+process 0 writes a checkpoint after every step (atomically) and ``result.json`` at the end, and every process
+resumes from the checkpoint it finds, as the real trainer resumes from its run dir. It prints its environment so
+tests can check that no secret reached it.
 
 Marker files in the run dir make it misbehave on purpose: ``crash-once`` (process 0 exits 3 after two steps, once),
 ``bad-input`` (exit code 2, what the trainer returns for a bad spec) and ``print-secrets`` (it prints token-shaped

@@ -5,11 +5,12 @@ real service names (``google.cloud.tpu.v2.Tpu`` and ``google.longrunning.Operati
 request/response message classes to (de)serialise. What it implements is what the launcher uses: queued resources
 (create, get, list, delete with ``force``), nodes (get, list, delete) and long-running operations (get).
 
-It is a deterministic state machine driven by the client's polls, not by wall time, so tests never depend on
-timing. Knobs (``FakeConfig``) inject what the launcher must survive: quota errors on create (RESOURCE_EXHAUSTED),
-slow provisioning (N polls in WAITING_FOR_RESOURCES, then N in PROVISIONING), requests that end FAILED, slow
-deletion, operations that are not done at once, and preemption (a node goes PREEMPTED and its queued resource SUSPENDED after N polls of the node, or
-when ``preempt`` is called). ``allocated()`` says what is still held, for teardown assertions.
+It is a deterministic state machine driven by the client's polls, not by wall time, so tests never depend on timing.
+Knobs (``FakeConfig``) inject what the launcher must survive: quota errors on create (RESOURCE_EXHAUSTED), slow
+provisioning (N polls in WAITING_FOR_RESOURCES, then N in PROVISIONING), requests that end FAILED, slow deletion,
+operations that are not done at once, and preemption (a node goes PREEMPTED and its queued resource SUSPENDED after
+N polls of the node, or when ``preempt`` is called). ``allocated()`` says what is still held, for teardown
+assertions.
 
 Run standalone for manual experiments: ``python -m trainer.tpu.fake_server --port 50051``.
 """
