@@ -202,7 +202,8 @@ def run_app(argv: list[str] | None = None) -> int:
     from planner.errors import from_validation_error
 
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        rv = app(args=argv, standalone_mode=False)
     except ClipaError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
@@ -224,7 +225,7 @@ def run_app(argv: list[str] | None = None) -> int:
             e.show()
             return 2
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 @app.command()

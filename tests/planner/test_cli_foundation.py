@@ -82,3 +82,14 @@ def test_console_script_exit_code_and_no_jax_import():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
     assert "error:" in p.stderr
+
+
+def test_command_exit_codes_reach_the_shell():
+    """typer.Exit(n) inside a command must become the process exit code (the TPU launcher relies on it)."""
+    code = (
+        "import typer\nfrom planner.cli import app\nfrom trainer.cli import main\n"
+        "@app.command('exit-three', hidden=True)\ndef _x():\n    raise typer.Exit(3)\n"
+        "main(['exit-three'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 3, p.stderr
