@@ -69,6 +69,7 @@ from trainer.model import (
     bind,
     check_resolution,
     init_params,
+    initialize,
     mask_for_batch,
 )
 from trainer.optim import make_optimizer
@@ -577,9 +578,7 @@ def _stage_params(spec: RunSpec, k: int, cfg: ModelConfig, carried, mesh, shardi
     """A stage's starting parameters (with the stage's shardings) and where they came from."""
     st = spec.stages[k]
     if st.init == "scratch":
-        init = _cached(("init", cfg, mesh, spec.train.sharding),
-                       lambda: jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings))
-        return init(params_key(spec.seed, k)), "scratch"
+        return initialize(cfg, params_key(spec.seed, k), shardings, (mesh, spec.train.sharding)), "scratch"
     if st.init == "previous":
         if carried is None:
             raise ClipaError(f"stages[{k}].init", "'previous' but no earlier stage's weights are available")

@@ -63,11 +63,21 @@ def _grid_selection(grid: int, kept: int) -> np.ndarray:
     return np.array([(i * n) // kept for i in range(kept)], dtype=np.int32)
 
 
+# One uniform draw per sample (cheap to compile: each extra random call adds a threefry hash to the program).
 def _random_keep(key: jax.Array, grid: int, kept: int) -> jax.Array:
     n = grid * grid
-    # A random permutation's first K entries: a uniform K-subset. Sorted so tokens stay in raster order (cheaper
-    # gathers, and easier to read when debugging); order does not matter to the model, positions are added per token.
-    return jnp.sort(jax.random.permutation(key, n)[:kept]).astype(jnp.int32)
+    # The K patches with the smallest uniform scores: a uniform K-subset. Sorted so tokens stay in raster order
+    # (cheaper gathers, easier debugging); order does not matter to the model, positions are added per token.
+    _, idx = jax.lax.top_k(-jax.random.uniform(key, (n,)), kept)
+    return jnp.sort(idx).astype(jnp.int32)
+
+
+def _offsets(key: jax.Array, high_r: int, high_c: int) -> tuple[jax.Array, jax.Array]:
+    """Two independent uniform integers in [0, high_r) and [0, high_c)."""
+    u = jax.random.uniform(key, (2,))
+    off_r = jnp.minimum(jnp.floor(u[0] * high_r).astype(jnp.int32), high_r - 1)
+    off_c = jnp.minimum(jnp.floor(u[1] * high_c).astype(jnp.int32), high_c - 1)
+    return off_r, off_c
 
 
 def _grid_keep(key: jax.Array, grid: int, kept: int) -> jax.Array:
@@ -75,9 +85,7 @@ def _grid_keep(key: jax.Array, grid: int, kept: int) -> jax.Array:
     # Row i of the sub-grid sits in the band [floor(i*g/a), floor((i+1)*g/a)); a random offset below the narrowest band
     # width floor(g/a) moves the whole sub-grid without leaving any band (so at ratio 0.75 the kept patch is the same
     # random cell of every 2x2 window).
-    kr, kc = jax.random.split(key)
-    off_r = jax.random.randint(kr, (), 0, grid // a)
-    off_c = jax.random.randint(kc, (), 0, grid // b)
+    off_r, off_c = _offsets(key, grid // a, grid // b)
     rows = jnp.asarray([(i * grid) // a for i in range(a)], jnp.int32) + off_r
     cols = jnp.asarray([(j * grid) // b for j in range(b)], jnp.int32) + off_c
     idx = (rows[:, None] * grid + cols[None, :]).reshape(-1)
@@ -86,9 +94,7 @@ def _grid_keep(key: jax.Array, grid: int, kept: int) -> jax.Array:
 
 def _block_keep(key: jax.Array, grid: int, kept: int) -> jax.Array:
     a, b = rectangle(grid, kept)
-    kr, kc = jax.random.split(key)
-    r0 = jax.random.randint(kr, (), 0, grid - a + 1)
-    c0 = jax.random.randint(kc, (), 0, grid - b + 1)
+    r0, c0 = _offsets(key, grid - a + 1, grid - b + 1)
     rows = r0 + jnp.arange(a, dtype=jnp.int32)
     cols = c0 + jnp.arange(b, dtype=jnp.int32)
     return (rows[:, None] * grid + cols[None, :]).reshape(-1)[:kept].astype(jnp.int32)

@@ -101,6 +101,13 @@ class ModelConfig:
             eot_id=eot_id,
         )
 
+    @property
+    def param_signature(self) -> tuple:
+        """What the parameter shapes and their initial values depend on: equal signatures, equal init (the image
+        resolution matters only to learned position embeddings; dtype and remat never)."""
+        grid = self.grid if self.posemb == "learn" else None
+        return (self.variant, self.vocab_size, self.posemb, self.pool, grid)
+
     def with_resolution(self, image_res: int) -> ModelConfig:
         check_resolution(self.variant, image_res)
         return dataclasses.replace(self, image_res=image_res)
@@ -415,6 +422,19 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     """Freshly initialised parameters as a nested dict of float32 arrays (traceable: jit it with out_shardings)."""
     model = CLIP(cfg, nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+_INIT_CACHE: dict[tuple, Callable] = {}
+
+
+def initialize(cfg: ModelConfig, key: jax.Array | int = 0, out_shardings=None, cache_key: tuple = ()) -> Params:
+    """``init_params`` jitted (with ``out_shardings``, when given), compiled once per parameter signature."""
+    if isinstance(key, int):
+        key = jax.random.PRNGKey(key)
+    k = (cfg.param_signature, cache_key)
+    if k not in _INIT_CACHE:
+        _INIT_CACHE[k] = jax.jit(lambda rng: init_params(cfg, rng), out_shardings=out_shardings)
+    return _INIT_CACHE[k](key)
 
 
 def bind(cfg: ModelConfig, params: Params) -> CLIP:
