@@ -149,8 +149,11 @@ class TrainSource:
         else:
             self._pending.append((self._pool.submit(self._work, sample), *tag))
 
-    def _fill(self) -> None:
-        while len(self._pending) < self.prefetch:
+    def _fill(self, need: int = 0) -> None:
+        # with decode threads, keep `prefetch` samples in flight; decoding in the caller's thread gains nothing from
+        # running ahead, so then only what the current batch needs is read
+        target = max(need, self.prefetch if self._pool is not None else 0)
+        while len(self._pending) < target:
             self._submit()
 
     def _work(self, sample: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, int]]:
@@ -181,7 +184,7 @@ class TrainSource:
         tokens = np.empty((self.batch_size, self.text_len), np.int32)
         n = 0
         while n < self.batch_size:
-            self._fill()
+            self._fill(self.batch_size - n)
             fut, sid, k = self._pending.popleft()
             img, tok, events = fut.result() if isinstance(fut, Future) else fut
             for name, v in events.items():
@@ -347,6 +350,16 @@ class EvalSource:
             self._shards = split_shards(shards, process_index, process_count) if len(shards) >= process_count \
                 else shards
             self._find_metadata(p if p.is_dir() else p.parent)
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether the set has captions (shards with ``.txt``), so image-text retrieval can be measured."""
+        if not self._shards:
+            return False
+        from trainer.data.reader import iter_shard_samples
+
+        first = next(iter_shard_samples(self._shards[0], 0, None), None)
+        return bool(first and first.get("txt", b"").strip())
 
     def _find_metadata(self, folder: Path) -> None:
         from trainer.data.zeroshot import load_classnames, load_templates

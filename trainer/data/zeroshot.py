@@ -190,3 +190,60 @@ def retrieval_recall(
         out[f"t2i_r{k}"] = float((t2i_rank < k).mean())
     out["n"] = n
     return out
+
+
+def evaluate(
+    data: str,
+    embed_images: EmbedFn,
+    embed_texts: EmbedFn,
+    image_res: int,
+    text_len: int | None = None,
+    tokenizer: str | None = None,
+    spec: Any = None,
+    batch_size: int = 256,
+    limit: int | None = None,
+    retrieval: bool = True,
+) -> dict[str, Any]:
+    """Zero-shot evaluation of a model on an evaluation set: what ``clipa eval`` runs.
+
+    ``data``: a folder of class subfolders, shards with class labels, or a synth dataset (its ``eval/`` split);
+    class names and templates come from the data (``classes.txt``, ``templates.txt``), else ImageNet's for an
+    ImageNet folder, else the folder names with the CLIP templates. The tokenizer is ``tokenizer`` (a path), else the
+    one beside the spec's training data, else the one beside ``data``. Returns ``top1``/``top5``/``n`` and, when the
+    set has captions, retrieval recall (``retrieval``).
+    """
+    from trainer.data.pipeline import make_eval_source
+    from trainer.data.tokenizer import find_tokenizer, load_tokenizer
+
+    text_len = int(text_len or 32)
+    tok = load_tokenizer(_eval_tokenizer_path(tokenizer, spec, data))
+    source = make_eval_source(str(data), image_res, batch_size=batch_size, limit=limit)
+    classnames = source.classnames
+    if not classnames:
+        raise ClipaError("eval_data", f"{data} has no class names (add a classes.txt, one name per line)")
+    templates = source.templates or openai_templates()
+    result: dict[str, Any] = dict(zero_shot_classify(embed_images, embed_texts, source, classnames, templates, tok,
+                                                     text_len))
+    result.update(classes=len(classnames), templates=len(templates), image_res=image_res, text_len=text_len,
+                  data=str(data))
+    if retrieval and source.has_captions:
+        result["retrieval"] = retrieval_recall(embed_images, embed_texts, source, tok, text_len)
+    skipped = {k: v for k, v in source.stats().items() if k not in ("samples",)}
+    if skipped:
+        result["data_stats"] = skipped
+    return result
+
+
+def _eval_tokenizer_path(tokenizer: str | None, spec: Any, data: str) -> str:
+    from trainer.data.tokenizer import find_tokenizer
+
+    for explicit in (tokenizer, getattr(spec, "tokenizer", None)):
+        if explicit:
+            return str(explicit)
+    for folder in (getattr(spec, "data", None), str(data)):
+        if folder:
+            try:
+                return find_tokenizer(None, folder)
+            except ClipaError:
+                continue
+    raise ClipaError("tokenizer", f"no tokenizer given and no tokenizer.json beside {data} or the run's training data")
