@@ -48,8 +48,9 @@ Why this form, by the four things it must capture:
 Fit: ``scipy.optimize.least_squares`` (bounded, ``soft_l1`` loss with a scale of 1 point), residuals weighted by
 how the value was obtained (reported 1, digitized 0.7, external 0.5). Interval: the Gauss-Newton covariance
 ``s^2 (J^T J)^+`` propagated through the prediction's gradient, plus the residual noise, as a normal 80% interval;
-outside the data's range (model size, samples, tokens, text, fine-tune length, dataset) the half-width grows by
-half the summed log-distance outside the range, and the prediction is flagged ``extrapolated``.
+outside the data's range (model size, samples, tokens, text, fine-tune length, dataset; and pre-training tokens
+below the fewest any model of that size or smaller was trained with) the half-width grows by half the summed
+log-distance outside the range, and the prediction is flagged ``extrapolated``.
 """
 
 from __future__ import annotations
@@ -290,11 +291,28 @@ def _range_excess(fit: Fit, f: pd.DataFrame) -> np.ndarray:
     out += beyond(f["n_params"].to_numpy(float), *r["n_params"])
     out += beyond(f["total_samples"].to_numpy(float), *r["total_samples"])
     out += beyond(f["pretrain_image_tokens"].to_numpy(float), *r["pretrain_image_tokens"])
+    floor = _token_floor(fit, f["n_params"].to_numpy(float))
+    out += np.maximum(np.log(floor / np.maximum(f["pretrain_image_tokens"].to_numpy(float), 1.0)), 0.0)
     out += np.maximum(np.log(np.maximum(f["max_image_tokens"].to_numpy(float), 1) / r["max_image_tokens"][1]), 0.0)
     out += beyond(f["min_text_len"].to_numpy(float), *r["text_len"])
     ft = f["finetune_samples"].to_numpy(float)
     out += np.where(ft > r["finetune_samples"][1], np.log(np.maximum(ft, 1) / max(r["finetune_samples"][1], 1)), 0.0)
     return out
+
+
+def _token_floor(fit: Fit, n_params: np.ndarray) -> np.ndarray:
+    """Fewest pre-training image tokens seen in the data for a model of this size or a smaller one (the inverse
+    scaling law: what a smaller model tolerated, a larger one tolerates too); below it a prediction extrapolates.
+    Sizes below every observed one get the smallest size's floor."""
+    pairs = np.asarray(fit.ranges.get("token_floor", []), dtype=float).reshape(-1, 2)
+    if len(pairs) == 0:
+        return np.ones(len(n_params))
+    sizes, tokens = pairs[:, 0], pairs[:, 1]
+    # running minimum of tokens over sizes sorted ascending: floor(n) = min tokens among sizes <= n
+    order = np.argsort(sizes)
+    sizes, run_min = sizes[order], np.minimum.accumulate(tokens[order])
+    idx = np.searchsorted(sizes, n_params * (1 + 1e-9), side="right") - 1
+    return np.where(idx >= 0, run_min[np.maximum(idx, 0)], run_min[0])
 
 
 def _gradient(fit: Fit, X: _Design, logm: np.ndarray) -> np.ndarray:
@@ -364,6 +382,10 @@ def extrapolation_reasons(fit: Fit, feats: dict[str, Any]) -> list[str]:
     check("model size (image-tower params)", feats["n_params"], "n_params")
     check("samples", feats["total_samples"], "total_samples")
     check("pre-training image tokens", feats["pretrain_image_tokens"], "pretrain_image_tokens")
+    floor = float(_token_floor(fit, np.array([float(feats["n_params"])]))[0])
+    if feats["pretrain_image_tokens"] < floor:
+        out.append(f"pre-training image tokens {feats['pretrain_image_tokens']} below the {floor:g} seen for "
+                   "models of this size or smaller")
     if feats["max_image_tokens"] > r["max_image_tokens"][1]:
         out.append(f"image tokens {feats['max_image_tokens']} above the data's {r['max_image_tokens'][1]:g}")
     check("text tokens", feats["min_text_len"], "text_len")
@@ -579,7 +601,9 @@ def _ranges(rows: pd.DataFrame) -> dict[str, list[float]]:
         v = rows[col].to_numpy(float)
         return [float(v.min()), float(v.max())]
 
+    floor = rows.groupby("n_params")["pretrain_image_tokens"].min()
     return {
+        "token_floor": [[float(n), float(t)] for n, t in floor.items()],
         "n_params": span("n_params"),
         "total_samples": span("total_samples"),
         "pretrain_image_tokens": span("pretrain_image_tokens"),

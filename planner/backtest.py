@@ -133,8 +133,11 @@ def plot_backtest(bt: Backtest, path: str) -> str:
     if len(bt.group_rows):
         ax.scatter(bt.group_rows["top1"], bt.group_rows["predicted_top1"], facecolors="none", edgecolors="k",
                    s=28, linewidths=0.7, label="leave-one-group-out (size or dataset)")
-    lo = min(bt.loo["top1"].min(), bt.loo["low"].min()) - 1
-    hi = max(bt.loo["top1"].max(), bt.loo["high"].max()) + 1
+    both = [bt.loo[["top1", "low", "high", "predicted_top1"]]]
+    if len(bt.group_rows):
+        both.append(bt.group_rows[["top1", "predicted_top1"]])
+    vals = pd.concat(both).to_numpy(dtype=float)
+    lo, hi = float(np.nanmin(vals)) - 1, float(np.nanmax(vals)) + 1
     ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)

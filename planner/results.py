@@ -102,7 +102,10 @@ def _run_row(path: Path, data: Any) -> dict[str, Any]:
             raise ClipaError(where, f"model: {e}") from None
         try:
             dataset = canonical_dataset(data["dataset"])
-            schedule = format_schedule(parse_schedule(data["schedule"], model), model)
+            stages = parse_schedule(data["schedule"], model)
+            # the spec's own checks (resolution a multiple of the patch, ...) apply to a recorded run too
+            spec_from_dict({"model": model, "dataset": dataset, "stages": [s.model_dump(mode="json") for s in stages]})
+            schedule = format_schedule(stages, model)
         except ClipaError as e:
             raise ClipaError(where, f"{e.field}: {e.message}") from None
         run_id = data.get("run_id") or path.stem

@@ -16,6 +16,7 @@ REGISTRARS: list[str] = [
     "trainer.tpu.cli",
     "trainer.train_cli",
     "trainer.data.cli",
+    "planner.cli_model",
 ]
 
 _registered = False

@@ -1,0 +1,89 @@
+"""Out-of-sample quality of the accuracy model on the published rows, and the model commands' CLI contract
+(predict, backtest, curves, refit)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner import backtest as backtest_mod
+from planner.cli import run_app
+from trainer.cli import build_app
+
+H14 = "12.8B@84/8 + 512M@224/32~0.3 + 128M@336/32~0.4"
+
+
+@pytest.fixture(scope="module")
+def bt():
+    return backtest_mod.run_backtest()
+
+
+def run(argv, capsys):
+    build_app()
+    code = run_app(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_leave_one_out_accuracy_and_coverage(bt):
+    fam = bt.summary["loo_by_family"]
+    assert fam["clipa"]["n"] >= 25 and fam["openclip"]["n"] >= 25
+    assert fam["clipa"]["mae"] <= 1.0
+    assert fam["openclip"]["mae"] <= 1.0
+    assert 0.70 <= bt.summary["loo_all"]["coverage80"] <= 0.90
+    assert len(bt.loo) == fam["clipa"]["n"] + fam["openclip"]["n"]
+
+
+def test_leave_one_group_out_covers_sizes_and_datasets(bt):
+    groups = set(zip(bt.groups["kind"], bt.groups["group"]))
+    assert {("model size", "H"), ("model size", "L"), ("dataset", "datacomp-1b"), ("dataset", "laion-2b")} <= groups
+    # a dataset left out is predicted as a new dataset: flagged, and its interval says so
+    dc = bt.group_rows[bt.group_rows["left_out"] == "dataset: datacomp-1b"]
+    assert dc["extrapolated"].all() and dc["covered"].mean() >= 0.5
+
+
+def test_backtest_cli_json_and_plot(bt, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(backtest_mod, "run_backtest", lambda: bt)
+    png = tmp_path / "bt.png"
+    code, out, _ = run(["backtest", "--json", "--plot", str(png)], capsys)
+    assert code == 0
+    d = json.loads(out)
+    assert d["summary"]["loo_by_family"]["clipa"]["mae"] <= 1.0
+    assert len(d["worst_rows"]) == 10 and d["leave_one_group_out"]
+    assert png.stat().st_size > 10_000
+    code, out, _ = run(["backtest"], capsys)
+    assert code == 0 and "Leave-one-out" in out and "Worst" in out
+
+
+def test_predict_cli(capsys):
+    code, out, _ = run(["predict", "--model", "H/14", "--dataset", "laion-2b", "--schedule", H14, "--json"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    lo, hi = d["interval"]
+    assert lo < d["predicted_top1"] < hi and lo < 79.1 < hi
+    assert d["extrapolated"] is False and d["extrapolation"] == [] and d["fit_version"]
+    code, out, _ = run(["predict", "--model", "S/16", "--dataset", "local:mine", "--schedule", "300M@112/16"], capsys)
+    assert code == 0 and "extrapolated" in out and "local:mine" in out
+
+
+def test_predict_cli_bad_input_is_one_line(capsys):
+    code, _, err = run(["predict", "--model", "H/14", "--schedule", "12.8B@85/8"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "multiple of the patch" in err
+
+
+def test_curves_and_refit_cli(capsys, tmp_path, isolated_home):
+    png = tmp_path / "curves.png"
+    code, out, _ = run(["curves", "--json", "--plot", str(png)], capsys)
+    assert code == 0 and png.stat().st_size > 10_000
+    d = json.loads(out)
+    curves = {(c["model"], c["finetuned"]): c for c in d["curves"]}
+    # before fine-tuning, fewer tokens cost less for larger models (the inverse scaling law)
+    lost = [curves[(m, False)]["top1"][-3] - curves[(m, False)]["top1"][0] for m in ("B/16", "L/14", "H/14")]
+    assert lost[0] > lost[1] > lost[2] > 0
+    assert d["points"] and len(d["finetune_masking"]["points"]) == 28
+    code, out, _ = run(["refit", "--json"], capsys)
+    assert code == 0
+    r = json.loads(out)
+    assert r["version"] and r["metrics"]["rows"] >= 50 and "gamma" in r["param_sd"]
+    assert (isolated_home / "results" / "fits" / f"{r['version']}.json").exists()

@@ -1,0 +1,80 @@
+"""planner.results: published rows plus executed runs; a bad run file is reported by name, never skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.errors import ClipaError
+from planner.results import RESULT_COLUMNS, load_finetune_masking, load_published, load_results, load_runs
+from planner.schedule import parse_schedule
+from planner.spec import spec_from_dict
+
+
+def _runs_dir(home):
+    d = home / "results" / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_published_rows_load():
+    df = load_results(include_runs=False)
+    assert list(df.columns) == RESULT_COLUMNS
+    assert len(df) == len(load_published()) >= 50
+    assert set(df["origin"]) == {"published"}
+    assert df["top1"].between(0, 100).all()
+    assert len(load_finetune_masking()) == 28
+
+
+def test_minimal_and_runresult_records_are_read(isolated_home):
+    d = _runs_dir(isolated_home)
+    (d / "a.json").write_text(json.dumps({
+        "source": "run", "model": "B/16", "dataset": "laion-400m", "schedule": "1B@112/16 + 100M@224/32",
+        "top1": 55.5,
+    }))
+    stages = parse_schedule("2B@84/8 + 128M@224/32", "L/14")
+    spec = spec_from_dict({"model": "L/14", "dataset": "datacomp-1b",
+                           "stages": [s.model_dump(mode="json") for s in stages]})
+    (d / "b.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": spec.run_id, "spec": spec.model_dump(mode="json"), "top1": 70.25,
+        "eval_task": "imagenet-1k",
+    }))
+    df = load_results()
+    runs = df[df["origin"] == "run"]
+    assert len(runs) == 2 and len(df) == len(load_published()) + 2
+    a, b = runs.iloc[0], runs.iloc[1]
+    assert (a.model, a.dataset, a.top1, a.family) == ("B/16", "laion-400m", 55.5, "run")
+    assert a.schedule == "1B@112/16 + 100M@224/32"
+    assert (b.model, b.dataset, b.top1) == ("L/14", "datacomp-1b", 70.25)
+    assert parse_schedule(b.schedule, "L/14") == stages
+    assert len(load_results(include_runs=False)) == len(load_published())
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("{not json", "not a readable JSON"),
+        (json.dumps([1, 2]), "JSON object"),
+        (json.dumps({"source": "run", "model": "B/16", "dataset": "laion-400m", "schedule": "1B@112/16"}), "top1"),
+        (json.dumps({"source": "run", "model": "Q/16", "dataset": "laion-400m", "schedule": "1B@112/16",
+                     "top1": 50}), "model"),
+        (json.dumps({"source": "run", "model": "B/16", "dataset": "nowhere", "schedule": "1B@112/16",
+                     "top1": 50}), "dataset"),
+        (json.dumps({"source": "run", "model": "B/16", "dataset": "laion-400m", "schedule": "1B@113/16",
+                     "top1": 50}), "multiple of the patch"),
+        (json.dumps({"source": "run", "model": "B/16", "dataset": "laion-400m", "schedule": "1B@112/16",
+                     "top1": 150}), "top1"),
+        (json.dumps({"model": "B/16", "dataset": "laion-400m", "schedule": "1B@112/16", "top1": 50}), "source"),
+        (json.dumps({"spec": {"model": "B/16"}, "top1": 50}), "spec"),
+    ],
+)
+def test_bad_run_file_is_reported_by_name(isolated_home, content, fragment):
+    d = _runs_dir(isolated_home)
+    (d / "good.json").write_text(json.dumps({"source": "run", "model": "B/16", "dataset": "laion-400m",
+                                             "schedule": "1B@112/16", "top1": 50}))
+    (d / "broken-run.json").write_text(content)
+    with pytest.raises(ClipaError) as e:
+        load_runs()
+    assert "broken-run.json" in str(e.value)
+    assert fragment in str(e.value)
