@@ -246,3 +246,18 @@ def test_load_or_fit_caches_by_data_and_code(isolated_home, monkeypatch):
     second = load_or_fit()
     assert second.version != first.version and second.metrics["rows"] == first.metrics["rows"] + 1
     assert (isolated_home / "results" / "fits" / f"{second.version}.json").exists()
+
+
+def test_runs_on_a_local_dataset_get_their_own_multiplier_only(isolated_home, published_fit):
+    runs = isolated_home / "results" / "runs"
+    runs.mkdir(parents=True)
+    for i, (sched, top1) in enumerate((("2B@112/16 + 128M@224/32", 40.0), ("4B@112/16 + 128M@224/32", 43.0))):
+        (runs / f"local{i}.json").write_text(json.dumps({"source": "run", "model": "B/16", "dataset": "local:synth",
+                                                         "schedule": sched, "top1": top1}))
+    fit = load_or_fit()
+    assert fit.metrics["local_rows"] == 2 and "local:synth" in fit.datasets
+    assert fit.datasets["local:synth"] > fit.datasets["laion-80m"]  # far worse than any web-scale dataset
+    law = {k: v for k, v in fit.params.items()}
+    assert law == pytest.approx(published_fit.params)  # the law itself is fitted on named datasets only
+    p = predict_stages(fit, "B/16", "local:synth", parse_schedule("3B@112/16 + 128M@224/32", "B/16"))
+    assert 38 < p.predicted_top1 < 45 and not p.extrapolated
