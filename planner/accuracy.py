@@ -23,8 +23,8 @@ Why this form, by the four things it must capture:
    bounded below by 5. Samples beyond a dataset's unique size (``planner.datasets``) count less and less
    (Muennighoff et al. 2023), with a half-life R in epochs that shrinks with model size (``rho``): in the OpenCLIP
    grid LAION-80M costs L/14 more than B/16 (larger models exhaust repeated data sooner), and bigG on LAION-2B
-   (17 epochs) falls short of the law without it. Without ``rho`` the OpenCLIP rows fit with a mean error of 1.0
-   point, with it 0.6. The size dependence stops at ``n_cap``, the largest model with more than 15 epochs in the
+   (17 epochs) falls short of the law without it. Without ``rho`` the OpenCLIP rows fit with a mean error of 0.88
+   points, with it 0.62. The size dependence stops at ``n_cap``, the largest model with more than 15 epochs in the
    data (no extrapolation of the overfitting beyond where it was seen). Consequence: accuracy rises with model
    size and samples everywhere, except that on data seen more than about ten times a larger model may lose.
 2. *Dataset quality* multiplies the reducible error (``m_d = exp(delta_d)``, LAION-400M = 1): a better dataset
