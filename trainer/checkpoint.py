@@ -100,17 +100,13 @@ class Checkpoints:
         ocp = _ocp()
         return dict(self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+    def save(self, step: int, params: Any, opt_state: Any | None, meta: dict) -> None:
+        """Save (asynchronously); ``opt_state`` None writes weights only (enough for ``init`` and eval)."""
         ocp = _ocp()
-        self._mngr.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if opt_state is not None:
+            items["opt"] = ocp.args.StandardSave(opt_state)
+        self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None = None) -> tuple[Any, Any | None]:
         """Parameters (and, when ``abstract_opt`` is given, the optimiser state) of checkpoint ``step``."""

@@ -223,9 +223,15 @@ def _cached(key: tuple, build: Callable[[], Callable]) -> Callable:
     return fn
 
 
+def _step_key(stage: Stage) -> Stage:
+    """The stage as far as the compiled step is concerned (where its weights came from does not matter)."""
+    return stage.model_copy(update={"init": "scratch"})
+
+
 def make_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: TrainOptions, mesh) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated."""
-    return _cached(("step", cfg, mask, stage, opts, mesh), lambda: _build_train_step(cfg, mask, stage, opts, mesh))
+    return _cached(("step", cfg, mask, _step_key(stage), opts, mesh),
+                   lambda: _build_train_step(cfg, mask, stage, opts, mesh))
 
 
 def _build_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: TrainOptions, mesh) -> Callable:
@@ -241,7 +247,7 @@ def _build_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: Tr
         new_params = optax.apply_updates(params, updates)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
             "temperature": _temperature(params["logit_scale"]),
         }
@@ -485,7 +491,7 @@ def train(
                 init_from = f"checkpoint {latest} (resume)"
             else:
                 params, init_from = _stage_params(spec, k, cfg, carried, mesh, shardings["params"])
-                new_state = _cached(("state", cfg, st, spec.train, mesh), lambda: jax.jit(
+                new_state = _cached(("state", cfg, _step_key(st), spec.train, mesh), lambda: jax.jit(
                     lambda p, r: make_state(p, tx, r), out_shardings=shardings))
                 state = new_state(params, stage_rng(spec.seed, k))
                 del params
