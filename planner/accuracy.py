@@ -645,11 +645,14 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> Fit:
     data = fitting_data(include_runs=include_runs)
     dh, ch = data.hash(), code_hash()
     version = fit_version(dh, ch)
-    path = paths.fits_dir() / f"{version}.json"
-    if path.exists() and not refit:
-        fit = load_fit(path)
-        if fit.data_hash == dh and fit.code_hash == ch:
-            return fit
+    if not refit:
+        # the user's fits first, then the one shipped with the code (a fresh clone plans without refitting)
+        for folder in dict.fromkeys((paths.fits_dir(), paths.PACKAGE_ROOT / "results" / "fits")):
+            path = folder / f"{version}.json"
+            if path.exists():
+                fit = load_fit(path)
+                if fit.data_hash == dh and fit.code_hash == ch:
+                    return fit
     fit = fit_accuracy(data)
     fit.version, fit.data_hash, fit.code_hash = version, dh, ch
     save_fit(fit)

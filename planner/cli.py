@@ -317,7 +317,58 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
         o.add_row(r["hardware"], r["pricing"], fmt_hours(r["device_hours"]), fmt_usd(r["cost_usd"]))
     console.print(o)
     c = body["chosen"]
+    if c["cost_usd"] < 0.5 * body["budget_usd"]:
+        console.print(
+            f"note: the best plan spends ${c['cost_usd']:,.0f} of ${body['budget_usd']:,.0f}: within the searched "
+            "recipes (up to bigG/14 and 32B samples) the fitted law predicts no gain from spending more "
+            "(repeated data stops paying off)."
+        )
     console.print(f"plan written to {plan_dir}/plan.json; run spec: {c['spec']}")
     console.print(f"execute with:  clipa run {plan_dir}")
     if plot is not None:
         console.print(f"frontier plot: {plot}")
+
+
+@app.command()
+def compare(
+    json_out: JsonOpt = False,
+    plot: Annotated[Optional[Path], typer.Option(help="write a predicted-against-actual calibration plot (PNG)")] = None,
+) -> None:
+    """Every executed run (results/runs/) with its predicted and actual top-1, the error, and whether the actual fell
+    inside the plan's 80% interval; MAE and coverage per fit version, so the error can be watched shrinking."""
+    from planner.compare import comparison_rows, plot_calibration, summarise
+    from planner.runs import load_results
+
+    results, problems = load_results()
+    for p in problems:
+        err_console.print(f"warning: skipped unreadable result {p}", markup=False, highlight=False)
+    rows = comparison_rows(results)
+    summary = summarise(rows)
+    if plot is not None:
+        plot_calibration(rows, plot)
+    if json_out:
+        print_json({"runs": rows, "summary": summary, "problems": problems})
+        return
+    if not rows:
+        console.print("no executed runs in results/runs/ yet: run a plan with  clipa run PLAN_DIR")
+        return
+    t = Table(title="predicted against actual")
+    for col in ("run", "model", "dataset", "schedule", "USD", "predicted", "80% interval", "actual", "error", "inside"):
+        t.add_column(col, justify="right" if col in ("USD", "predicted", "actual", "error") else "left")
+    for r in rows:
+        if "predicted_top1" in r:
+            t.add_row(r["run_id"][:10], r["model"], r["dataset"], r["schedule"], fmt_usd(r["cost_usd"]),
+                      f"{r['predicted_top1']:.1f}", f"{r['interval'][0]:.1f}-{r['interval'][1]:.1f}",
+                      f"{r['actual_top1']:.1f}", f"{r['error']:+.1f}", "yes" if r["inside_interval"] else "NO")
+        else:
+            t.add_row(r["run_id"][:10], r["model"], r["dataset"], r["schedule"], fmt_usd(r["cost_usd"]), "-", "-",
+                      f"{r['actual_top1']:.1f}", "-", "-")
+    console.print(t)
+    s = Table(title="per fit version")
+    for col in ("fit version", "runs", "MAE", "worst", "coverage"):
+        s.add_column(col, justify="left" if col == "fit version" else "right")
+    for r in summary:
+        s.add_row(r["fit_version"], str(r["runs"]), f"{r['mae']:.2f}", f"{r['worst']:.2f}", f"{r['coverage']:.0%}")
+    console.print(s)
+    if plot is not None:
+        console.print(f"calibration plot: {plot}")
