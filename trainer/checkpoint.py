@@ -79,13 +79,14 @@ class Checkpoints:
                  read_only: bool = False):
         ocp = _ocp()
         self.directory = Path(directory).absolute()
+        # Reading: no directory creation, no clean-up, nothing deleted (orbax's own read_only mode logs warnings
+        # on every open, so it is not used).
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                max_to_keep=None if read_only else max_to_keep,
                 create=not read_only,
-                read_only=read_only,
-                enable_async_checkpointing=async_save,
+                enable_async_checkpointing=async_save and not read_only,
                 cleanup_tmp_directories=not read_only,
             ),
         )

@@ -97,7 +97,7 @@ class Telemetry:
 
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=Console(stderr=True),
@@ -152,7 +152,7 @@ class Telemetry:
         self._progress.update(
             self._task,
             completed=global_step,
-            description=f"stage {stage + 1}/{n_stages} step {stage_step}/{stage_steps}",
+            description=f"stage {stage + 1}/{n_stages} {stage_step}/{stage_steps}",
             info="  ".join(parts),
         )
 
