@@ -17,6 +17,7 @@ REGISTRARS: list[str] = [
     "trainer.train_cli",
     "trainer.data.cli",
     "planner.cli_model",
+    "trainer.run_cli",
 ]
 
 _registered = False
