@@ -209,3 +209,20 @@ def test_tar_parser_handles_long_names_and_pax(tmp_path):
     with open(path, "rb") as f:
         names = [n for n, *_ in iter_tar(f)]
     assert names[0].startswith("d/xxx") and names[-1] == "ünïcode.txt"
+
+
+def test_state_is_small_and_a_changed_shard_is_detected(tmp_path, synth_tokenizer):
+    urls = [str(p) for p in write_plain_shards(tmp_path, 3, 20)]
+    kw = dict(batch_size=4, image_res=16, text_len=6, seed=0, shuffle_buffer=25, cycle_length=2)
+    src = TrainSource(urls, synth_tokenizer, decode_threads=0, **kw)
+    for _ in range(3):
+        src.next_batch()
+    state = src.get_state()
+    assert len(json.dumps(state)) < 200 + 40 * 25  # about 30 bytes per buffered sample
+    # rewrite one shard with other content: restoring must refuse rather than silently differ
+    write_plain_shards(tmp_path / "other", 3, 20, size=24)
+    for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
+        (tmp_path / name).write_bytes((tmp_path / "other" / name).read_bytes()[::-1])
+    fresh = TrainSource(urls, synth_tokenizer, decode_threads=0, **kw)
+    with pytest.raises(ClipaError, match="changed since the state was saved"):
+        fresh.set_state(state)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import image_bytes, sample_members, write_plain_shards, write_tar
+from data_helpers import image_bytes, sample_members, write_tar
 
 from planner.errors import ClipaError
 from trainer.data.images import BadImage, decode_eval, decode_train

@@ -122,6 +122,8 @@ class TrainSource:
         self.process_index = process_index
         self.fast_decode = fast_decode
         self.stream = ShardStream(urls, self.seed, process_index, process_count, shuffle_buffer, cycle_length)
+        seq = np.random.SeedSequence(self.seed + [process_index, 0xA11])
+        self._key_base = int(seq.generate_state(1, np.uint64)[0])
         self.decode_threads = default_decode_threads() if decode_threads is None else decode_threads
         self._pool = ThreadPoolExecutor(self.decode_threads, "clipa-decode") if self.decode_threads > 0 else None
         self.prefetch = max(1, prefetch_batches) * batch_size
@@ -158,8 +160,9 @@ class TrainSource:
 
     def _work(self, sample: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, int]]:
         events: dict[str, int] = {}
-        idx = sample["__index__"]
-        rng = np.random.default_rng(self.seed + [self.process_index, idx, 0xA11])
+        # a counter-based generator keyed by (run, host) and the sample's index: independent streams per sample,
+        # and ~3x cheaper to create than default_rng's seed hashing (this runs once per image)
+        rng = np.random.Generator(np.random.Philox(key=[self._key_base, sample["__index__"]]))
         text = decode_caption(sample["txt"], events)
         if text is None:
             return None, None, events

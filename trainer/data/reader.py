@@ -11,8 +11,9 @@ What it owns:
   (as tf.data's interleave) so neighbouring samples come from different shards; epochs wrap around forever;
 - a seeded shuffle buffer on top;
 - ``get_state()``/``set_state()``: a JSON-serialisable position (epoch, shard order position, open shards and their
-  byte offsets, the buffer as *references* (shard, byte offset, size), the generator state, counters). Restoring
-  re-reads the buffered samples by offset, so the resumed stream is exactly the uninterrupted one;
+  byte offsets, the buffer as *references* (shard, byte offset, key: ~30 bytes per buffered sample), the generator
+  state, counters). Restoring re-reads the buffered samples by offset, so the resumed stream is exactly the
+  uninterrupted one;
 - robustness: an unreadable or truncated shard, a sample with no image or no caption, a zero-byte image are skipped
   and counted (``stats``), never fatal. Only a dataset with no readable sample at all is an error.
 """
@@ -216,8 +217,9 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 def iter_shard_samples(url: str, offset: int = 0, stats: dict[str, int] | None = None,
                        fileobj: BinaryIO | None = None) -> Iterator[dict[str, Any]]:
-    """Samples of one shard from a byte offset: dicts of ``{ext: bytes}`` plus ``__key__``, ``__refs__``
-    (ext -> [data offset, size]), ``__offset__`` (first header) and ``__next__`` (where the next sample starts).
+    """Samples of one shard from a byte offset: dicts of ``{ext: bytes}`` plus ``__key__``, ``__offset__`` (where
+    its first header starts: reading again from there yields this sample first) and ``__next__`` (where the next
+    sample starts; None after the last one, whose end is ``__end__``).
 
     A corrupt or truncated shard ends early (counted in ``stats``); the sample cut by the damage is dropped.
     """
@@ -241,9 +243,8 @@ def iter_shard_samples(url: str, offset: int = 0, stats: dict[str, int] | None =
                 yield cur
                 cur = None
             if cur is None:
-                cur = {"__key__": key, "__offset__": hoff, "__refs__": {}}
+                cur = {"__key__": key, "__offset__": hoff}
             cur[ext] = data
-            cur["__refs__"][ext] = [doff, len(data)]
             cur["__end__"] = nxt
         if cur is not None:
             cur["__next__"] = None
@@ -272,21 +273,14 @@ def _note(stats: dict | None, msg: str) -> None:
         del notes[:-5]
 
 
-def read_refs(url: str, refs: dict[str, list[int]], f: BinaryIO | None = None) -> dict[str, bytes]:
-    """Re-read a sample's members by byte offset (used when restoring the shuffle buffer)."""
-    own = f is None
-    f = f or open_binary(url)
-    try:
-        out = {}
-        for ext, (off, size) in refs.items():
-            f.seek(off)
-            out[ext] = f.read(size)
-            if len(out[ext]) != size:
-                raise ClipaError("data", f"{url} changed since the state was saved (short read at {off})")
-        return out
-    finally:
-        if own:
-            f.close()
+def read_sample_at(url: str, offset: int, key: str, f: BinaryIO | None = None) -> dict[str, Any]:
+    """The sample whose first header is at ``offset`` (used when restoring the shuffle buffer)."""
+    sample = next(iter_shard_samples(url, offset, None, fileobj=f or open_binary(url)), None)
+    if sample is None or sample["__key__"] != key:
+        found = None if sample is None else sample["__key__"]
+        raise ClipaError("data_state", f"{url} changed since the state was saved: expected sample {key!r} at byte "
+                                       f"{offset}, found {found!r}")
+    return sample
 
 
 # --- the stream ---------------------------------------------------------------------------------------------------
@@ -357,7 +351,8 @@ class ShardStream:
             "order_pos": self.order_pos,
             "slots": [[s.shard, s.epoch, s.offset] for s in self.slots],
             "rr": self.rr,
-            "buffer": [[b["__shard__"], b["__key__"], b["__refs__"]] for b in self.buffer],
+            # the buffer as (shard, byte offset, key): a few bytes per sample; restoring re-reads them
+            "buffer": [[b["__shard__"], b["__offset__"], b["__key__"]] for b in self.buffer],
             "rng": _rng_state_to_json(self.rng),
             "n_out": self.n_out,
             "n_seen": self.n_seen,
@@ -389,17 +384,19 @@ class ShardStream:
 
     def _reload_buffer(self, refs: list) -> list[dict[str, Any]]:
         by_shard: dict[int, list[int]] = {}
-        for i, (shard, _key, _r) in enumerate(refs):
+        for i, (shard, _offset, _key) in enumerate(refs):
             by_shard.setdefault(int(shard), []).append(i)
         out: list[dict[str, Any] | None] = [None] * len(refs)
 
         def load(shard: int) -> None:
             url = self.all_urls[shard]
             with open_binary(url) as f:
-                for i in sorted(by_shard[shard], key=lambda i: min(o for o, _ in refs[i][2].values())):
-                    _s, key, r = refs[i]
-                    sample = read_refs(url, r, f)
-                    sample.update(__key__=key, __refs__=r, __shard__=shard)
+                for i in sorted(by_shard[shard], key=lambda i: refs[i][1]):  # in file order
+                    _s, offset, key = refs[i]
+                    sample = read_sample_at(url, int(offset), key, f)
+                    for k in ("__next__", "__end__"):
+                        sample.pop(k, None)
+                    sample["__shard__"] = shard
                     out[i] = sample
 
         if len(by_shard) > 1 and any(_is_url(self.all_urls[s]) for s in by_shard):
@@ -479,7 +476,7 @@ class ShardStream:
             self.n_seen += 1
             if k % self.sample_mod[1] == self.sample_mod[0]:
                 break
-        for k in ("__offset__", "__next__", "__end__"):
+        for k in ("__next__", "__end__"):
             sample.pop(k, None)
         return sample
 
