@@ -39,6 +39,8 @@ def maybe_initialize_distributed() -> None:
     if jax.distributed.is_initialized():
         return
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # CPU processes (tests, a CPU cluster) need a cross-process collectives backend; accelerators ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),

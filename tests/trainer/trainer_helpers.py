@@ -29,7 +29,7 @@ def make_spec(stages: list[dict], model: str = "mu/8", seed: int = 0, **train) -
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE), env.get("PYTHONPATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA's SPMD chatter goes to stderr, which the tests print on failure
     env.update(extra or {})
     return env
