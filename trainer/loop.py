@@ -304,6 +304,18 @@ def preflight(spec: RunSpec, mesh) -> None:
             ckpt.resolve_checkpoint(st.init.split(":", 1)[1], field=f"stages[{i}].init")
 
 
+def local_run_dir(run_dir: str | Path) -> Path:
+    """The run directory as a local path (``file://`` accepted). Object-store URLs are refused: the spec, metrics
+    and TensorBoard files are written with local file IO; mount the bucket (e.g. gcsfuse) and pass the mount path."""
+    text = str(run_dir)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise ClipaError("run_dir", f"{text}: URL run directories are not supported; mount the bucket (e.g. with "
+                                    "gcsfuse) and pass its local path")
+    return Path(text).expanduser().absolute()
+
+
 def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
     """Refuse a run directory that holds another spec's run; write the spec into a new one."""
     path = run_dir / SPEC_FILE
@@ -417,7 +429,7 @@ def train(
     max_to_keep: int | None = 3,
 ) -> TrainResult:
     """Run (or resume) ``spec`` in ``run_dir``. See the module docstring."""
-    run_dir = Path(run_dir).absolute()
+    run_dir = local_run_dir(run_dir)
     factory = source_factory or default_source_factory(spec)
     mesh = meshlib.make_mesh(devices)
     n_dev = mesh.devices.size

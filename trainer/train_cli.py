@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         spec: Annotated[Path, typer.Argument(help="run spec file (YAML or JSON)")],
-        run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="checkpoints, metrics and the spec go "
+        run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="checkpoints, metrics and the spec go "
                                                        "here; rerunning with the same directory resumes")] = None,
         synthetic: Annotated[bool, typer.Option("--synthetic", help="train on deterministic synthetic batches "
                                                 "(no data needed)")] = False,
@@ -68,13 +68,13 @@ def register(app: typer.Typer) -> None:
         from planner.spec import load_spec
 
         s = load_spec(spec)
-        rd = (run_dir or default_run_dir(s)).absolute()
-
         from trainer.mesh import maybe_initialize_distributed
 
-        maybe_initialize_distributed()  # before any other JAX call
+        maybe_initialize_distributed()  # before anything starts a JAX backend
+        from trainer.loop import TrainingInterrupted, local_run_dir, train
+
+        rd = local_run_dir(run_dir if run_dir is not None else default_run_dir(s))
         _enable_compile_cache(rd)
-        from trainer.loop import TrainingInterrupted, train
         from trainer.synthetic import make_synthetic_source
         from trainer.telemetry import NonFiniteError
 

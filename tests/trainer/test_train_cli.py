@@ -71,3 +71,9 @@ def test_train_on_a_generated_dataset_then_zero_shot_eval(tmp_path):
     assert (cfg.vocab_size, cfg.eot_id) == (tok.vocab_size, tok.eot_id)
     result = json.loads(_run(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "ds" / "eval"), "--json"], env))
     assert result["n"] == 32 and 0.0 <= result["top1"] <= 1.0 and result["image_res"] == 32
+
+
+def test_url_run_dirs_are_refused_with_what_to_do(tmp_path, capsys):
+    spec = make_spec([dict()]).write(tmp_path / "spec.yaml")
+    code, _, err = _clipa(["train", str(spec), "--run-dir", "gs://bucket/run", "--synthetic"], capsys)
+    assert code == 2 and "run_dir: gs://bucket/run: URL run directories are not supported" in err
