@@ -207,6 +207,13 @@ class Fit:
     code_hash: str = ""
     model_version: str = MODEL_VERSION
     metrics: dict[str, Any] = field(default_factory=dict)
+    # local studies' own fits (``planner.studies.StudyFit``) by dataset; saved in their own files, not in this one
+    studies: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def version_for(self, dataset: str) -> str:
+        """The fit version a prediction for ``dataset`` comes from: its study's fit for a fitted local study."""
+        st = self.studies.get(dataset)
+        return f"{self.version}+{st.version}" if st is not None else self.version
 
     # -- persistence -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -339,6 +346,17 @@ def predict_frame(fit: Fit, features: pd.DataFrame) -> pd.DataFrame:
     Vectorised: one pass of the law per fitted parameter (for the interval), whatever the number of rows."""
     if len(features) == 0:
         return pd.DataFrame({"predicted_top1": [], "low": [], "high": [], "extrapolated": []}, index=features.index)
+    own = np.array([d in fit.studies for d in features["dataset"]], dtype=bool) if fit.studies else None
+    if own is not None and own.any():
+        # rows of a fitted local study: that study's law (a different quantity than ImageNet top-1)
+        from planner.studies import predict_study
+
+        parts = [predict_frame(_without_studies(fit), features[~own])] if (~own).any() else []
+        for ds in sorted(set(features["dataset"][own])):
+            parts.append(predict_study(fit.studies[ds], features[features["dataset"] == ds]))
+        out = pd.concat(parts).reindex(features.index)
+        out["extrapolated"] = out["extrapolated"].astype(bool)
+        return out
     X = _Design.from_frame(features)
     logm, known = _dataset_logm(fit, X.dataset)
     mean = _law(fit.params, X, logm)
@@ -361,6 +379,12 @@ def predict_frame(fit: Fit, features: pd.DataFrame) -> pd.DataFrame:
         },
         index=features.index,
     )
+
+
+def _without_studies(fit: Fit) -> Fit:
+    from dataclasses import replace
+
+    return replace(fit, studies={})
 
 
 def predict_stages(fit: Fit, model: str, dataset: str, stages: list) -> Prediction:
@@ -424,10 +448,14 @@ class FitData:
 
 
 def fitting_data(include_runs: bool = True) -> FitData:
-    """The published rows, Figure 2 and (optionally) executed runs, as features."""
+    """The ImageNet study's rows: the published rows, Figure 2 and (optionally) executed runs on web-scale datasets,
+    as features. Runs on ``local:`` datasets measure another task (their own held-out split) and are left out here
+    explicitly; ``planner.studies`` fits them on their own."""
     from planner.results import load_finetune_masking, load_results
+    from planner.studies import IMAGENET, study_mask
 
     res = load_results(include_runs=include_runs)
+    res = res[study_mask(res["dataset"], IMAGENET)].reset_index(drop=True)
     feats = [schedule_features(r.model, r.dataset, r.schedule) for r in res.itertuples()]
     rows = features_frame(feats)
     rows["top1"] = res["top1"].to_numpy(float)
@@ -466,14 +494,17 @@ def fit_accuracy(
 ) -> Fit:
     """Fit the law to ``data`` (deterministic: same data and start give the same fit).
 
-    Rows on ``local:`` datasets do not shape the law: after the fit on named datasets, each local dataset's
-    multiplier is fitted alone with the law held fixed. ``start`` seeds parameters (e.g. a previous fit, for fast
+    ``data`` must hold the ImageNet study's rows only (``fitting_data`` leaves local runs out; a ``local:`` row
+    raises): a local dataset's top-1 is measured on another task and is fitted by ``planner.studies``. ``start`` seeds parameters (e.g. a previous fit, for fast
     leave-one-out); ``fixed`` holds parameters at given values."""
     from scipy.optimize import least_squares
 
     rows = data.rows
     local_mask = np.array([is_local(d) for d in rows["dataset"]], dtype=bool)
-    named = rows[~local_mask]
+    if local_mask.any():
+        raise ClipaError("results", f"rows of local datasets {sorted(set(rows['dataset'][local_mask]))} cannot enter "
+                         "the ImageNet study's fit (planner.studies fits each local study on its own)")
+    named = rows
     if len(named) == 0:
         raise ClipaError("results", "no results on a named dataset to fit the accuracy law to")
     present = [d for d in DATASETS if d in set(named["dataset"])] + sorted(
@@ -544,17 +575,6 @@ def fit_accuracy(
     vals = np.array(list(dsets.values()))
     dataset_sd = float(max(np.std(vals, ddof=1) if len(vals) > 1 else 0.0, MIN_DATASET_SD))
 
-    # local datasets: their multiplier only, the law fixed
-    local = rows[local_mask]
-    for ds in sorted(set(local["dataset"])):
-        sub = local[local["dataset"] == ds]
-        XL = _Design.from_frame(sub)
-        yl = sub["top1"].to_numpy(float)
-        wl = sub["value_kind"].map(WEIGHTS).fillna(1.0).to_numpy(float)
-        sl = least_squares(lambda z: (_law(p, XL, np.full(len(yl), z[0])) - yl) * wl, [0.0],
-                           bounds=([-DATASET_BOUND], [DATASET_BOUND]), loss="soft_l1", f_scale=1.0)
-        dsets[ds] = float(sl.x[0])
-
     fit = Fit(
         params=p,
         free=free,
@@ -570,7 +590,6 @@ def fit_accuracy(
     fit.metrics = {
         "rows": int(len(named)),
         "drop_rows": int(len(yd)),
-        "local_rows": int(local_mask.sum()),
         "parameters": k,
         "cost": float(sol.cost),
         "nfev": int(sol.nfev),
@@ -639,21 +658,32 @@ def load_fit(path: str | Path) -> Fit:
 def load_or_fit(refit: bool = False, include_runs: bool = True) -> Fit:
     """The fit of the current data and code: from ``results/fits/<version>.json`` when it exists (unless ``refit``),
     else fitted now and saved. The version is a hash of the data rows and of this code, so new runs or a changed
-    law give a new version and the old files stay as history."""
-    from planner import paths
-
+    law give a new version and the old files stay as history. Local studies are fitted (or loaded) too and
+    attached as ``fit.studies``."""
     data = fitting_data(include_runs=include_runs)
     dh, ch = data.hash(), code_hash()
     version = fit_version(dh, ch)
-    if not refit:
-        # the user's fits first, then the one shipped with the code (a fresh clone plans without refitting)
-        for folder in dict.fromkeys((paths.fits_dir(), paths.PACKAGE_ROOT / "results" / "fits")):
-            path = folder / f"{version}.json"
-            if path.exists():
-                fit = load_fit(path)
-                if fit.data_hash == dh and fit.code_hash == ch:
-                    return fit
-    fit = fit_accuracy(data)
-    fit.version, fit.data_hash, fit.code_hash = version, dh, ch
-    save_fit(fit)
+    fit = _cached(version, dh, ch, refit)
+    if fit is None:
+        fit = fit_accuracy(data)
+        fit.version, fit.data_hash, fit.code_hash = version, dh, ch
+        save_fit(fit)
+    from planner.studies import load_or_fit_studies
+
+    fit.studies = load_or_fit_studies(fit.params, refit=refit, include_runs=include_runs)
     return fit
+
+
+def _cached(version: str, dh: str, ch: str, refit: bool) -> Fit | None:
+    from planner import paths
+
+    if refit:
+        return None
+    # the user's fits first, then the one shipped with the code (a fresh clone plans without refitting)
+    for folder in dict.fromkeys((paths.fits_dir(), paths.PACKAGE_ROOT / "results" / "fits")):
+        path = folder / f"{version}.json"
+        if path.exists():
+            fit = load_fit(path)
+            if fit.data_hash == dh and fit.code_hash == ch:
+                return fit
+    return None

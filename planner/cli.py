@@ -239,6 +239,7 @@ def plan(
     out: Annotated[Optional[Path], typer.Option(help="write the plan here instead of plans/<plan-id>/")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="refit the accuracy model instead of using the cached fit")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="draw the accuracy-against-cost frontier with the chosen plan (PNG)")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (clipa data synth --out DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -259,8 +260,10 @@ def plan(
     if objective not in ("mean", "p10"):
         raise ClipaError("objective", f"{objective!r} is not 'mean' or 'p10'")
     fit = load_or_fit(refit=refit)
-    result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version, hardware, pricing, dataset,
-                       objective, top, out)  # type: ignore[arg-type]
+    from planner.datasets import canonical_dataset
+
+    result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version_for(canonical_dataset(dataset)),
+                       hardware, pricing, dataset, objective, top, out, data_dir=data)  # type: ignore[arg-type]
     body = result.body
     if plot is not None:
         plot_frontier(body, plot)

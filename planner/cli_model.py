@@ -46,7 +46,8 @@ def predict(
     fit = load_or_fit()
     feats = run_features(s.model, s.dataset, s.stages)
     row = predict_frame(fit, features_frame([feats])).iloc[0]
-    reasons = extrapolation_reasons(fit, feats)
+    # a fitted local study has its own range; the ImageNet range's reasons would not apply to it
+    reasons = [] if s.dataset in fit.studies else extrapolation_reasons(fit, feats)
     out = {
         "run_id": s.run_id,
         "model": s.model,
@@ -56,20 +57,21 @@ def predict(
         "interval": [round(float(row.low), 3), round(float(row.high), 3)],
         "extrapolated": bool(row.extrapolated),
         "extrapolation": reasons,
-        "fit_version": fit.version,
+        "fit_version": fit.version_for(s.dataset),
     }
     if json_out:
         print_json(out)
         return
     flag = "  [yellow]extrapolated[/yellow]" if out["extrapolated"] else ""
     console.print(f"{s.model} on {s.dataset}: {s.schedule}")
+    task = "ImageNet" if s.dataset not in fit.studies else f"{s.dataset} (its own eval split)"
     console.print(
-        f"predicted zero-shot ImageNet top-1 [bold]{out['predicted_top1']:.1f}%[/bold], "
+        f"predicted zero-shot {task} top-1 [bold]{out['predicted_top1']:.1f}%[/bold], "
         f"80% interval [{out['interval'][0]:.1f}, {out['interval'][1]:.1f}]{flag}"
     )
     for r in reasons:
         console.print(f"  - {r}")
-    console.print(f"[dim]fit {fit.version}[/dim]")
+    console.print(f"[dim]fit {out['fit_version']}[/dim]")
 
 
 def backtest(json_out: JsonOpt = False, plot: PlotOpt = None) -> None:
@@ -287,7 +289,8 @@ def refit(
     no_runs: Annotated[bool, typer.Option("--no-runs", help="fit the published rows only")] = False,
 ) -> None:
     """Refit the accuracy model on the published and executed results, save it as a new fit version
-    (results/fits/<version>.json) and print its parameters and fit metrics."""
+    (results/fits/<version>.json) and print its parameters and fit metrics; every local study with runs is refitted
+    on its own runs (results/fits/study-<dataset>-<version>.json)."""
     import numpy as np
 
     from planner.accuracy import load_or_fit, save_fit
@@ -300,6 +303,7 @@ def refit(
         d.pop("cov")
         d["param_sd"] = sd
         d["path"] = str(path)
+        d["studies"] = {ds: {**_study_dict(st), "param_sd": st.param_sd()} for ds, st in fit.studies.items()}
         print_json(_clean(d))
         return
     t = Table(title=f"Accuracy model fit {fit.version} ({path})")
@@ -312,10 +316,33 @@ def refit(
     m = fit.metrics
     fams = ", ".join(f"{k} {v:.2f}" for k, v in m.get("mae_by_family", {}).items())
     console.print(
-        f"{m['rows']} rows + {m['drop_rows']} Figure-2 drops ({m['local_rows']} on local datasets); "
+        f"{m['rows']} rows + {m['drop_rows']} Figure-2 drops (ImageNet study; local runs are fitted per study); "
         f"in-sample MAE {m['mae']:.2f} ({fams}); drop MAE {m.get('drop_mae', float('nan')):.2f}; "
         f"residual noise {fit.sigma:.2f}; at a bound: {', '.join(m['at_bound']) or 'none'}"
     )
+    for st in fit.studies.values():
+        print_study(st)
+
+
+def _study_dict(st) -> dict[str, Any]:
+    d = st.to_dict()
+    d.pop("cov")
+    return d
+
+
+def print_study(st) -> None:
+    """One local study's fitted reduced law (``planner.studies``) as a table."""
+    sd = st.param_sd()
+    t = Table(title=f"Study {st.study} fit {st.version} ({st.metrics['rows']} runs, chance {st.chance:.2f}%)")
+    for col in ("parameter", "value", "sd", "natural value"):
+        t.add_column(col, justify="right" if col != "parameter" else "left")
+    for k, v in st.params.items():
+        nat = f"{math.exp(v):.4g}" if k.startswith("ln_") else ""
+        t.add_row(k, f"{v:.4g}", f"{sd[k]:.3g}" if k in sd else "shared", nat)
+    console.print(t)
+    m = st.metrics
+    console.print(f"in-sample MAE {m['mae']:.2f} points (max {m['max_abs_error']:.2f}); residual noise "
+                  f"{st.sigma:.2f}; dof {m['dof']:.1f}; at a bound: {', '.join(m['at_bound']) or 'none'}")
 
 
 def _clean(o: Any) -> Any:

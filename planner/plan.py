@@ -94,8 +94,13 @@ def make_plan(
     objective: Objective = "mean",
     top: int = 5,
     out: Path | None = None,
+    data_dir: Path | None = None,
 ) -> PlanResult:
-    """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget."""
+    """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget.
+
+    ``data_dir``: a local dataset folder (``clipa data synth``): the specs read DIR/train, evaluate on DIR/eval with
+    DIR/tokenizer.json, and the CPU search space goes up to the data's resolution. On CPU hardware candidates are
+    priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound."""
     dataset = canonical_dataset(dataset)
     hw = get_hardware(hardware or "a100-80gb")
     pricing = pricing or default_pricing(hw.name)
@@ -105,8 +110,15 @@ def make_plan(
     if out is not None:
         check_writable(out)
 
-    space = space_for(hw)
+    from planner.pilot import apply_overhead, data_fields, data_resolution, overhead_for
+
+    fields = data_fields(data_dir)
+    space = space_for(hw, data_resolution(data_dir) if data_dir is not None else None)
     cands = enumerate_candidates(space, hw.name, pricing)
+    overhead = None
+    if hw.kind == "cpu":
+        overhead = overhead_for(hw.name)
+        cands = apply_overhead(cands, space, overhead, hw.price(pricing).usd_per_device_hour)
     considered = len(cands)
     affordable = cands[cands["cost_usd"] <= budget_usd]
     if affordable.empty:
@@ -128,7 +140,7 @@ def make_plan(
 
     stages = candidate_stages(chosen_row, space)
     spec = spec_from_dict({
-        "model": chosen_row.model, "dataset": dataset, "hardware": hw.name, "pricing": pricing,
+        "model": chosen_row.model, "dataset": dataset, "hardware": hw.name, "pricing": pricing, **fields,
         "stages": [s.model_dump(mode="json") for s in stages],
     })
     other_hw = []
@@ -140,6 +152,11 @@ def make_plan(
 
     request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
                "objective": objective, "fit_version": fit_version}
+    if fields:
+        request["data"] = fields["data"]
+    if overhead is not None:
+        request["overhead"] = {"scale": overhead.scale, "per_sample_s": overhead.per_sample_s,
+                               "per_stage_s": overhead.per_stage_s, "source": overhead.source}
     plan_id = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
     plan_dir = out or (paths.plans_dir() / plan_id)
     check_writable(plan_dir)

@@ -46,6 +46,8 @@ class SearchSpace:
     steps_per_batch_doubling: int = 3000  # batch grows with samples so that runs take at least ~this many steps
     full_res: int = 224
     extra: dict = field(default_factory=dict)
+    # (pre-training, fine-tune) lr_base for every candidate; None: CLIPA's schedule defaults (planner.schedule)
+    lr_base: tuple[float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -78,27 +80,43 @@ def accelerator_space() -> SearchSpace:
     )
 
 
-def cpu_space() -> SearchSpace:
-    """Tiny towers on generated data, for the local profile: runs of seconds to tens of minutes."""
+# Learning rates of the CPU space (lr = base x batch / 256). CLIPA's 8e-6 is tuned for web-scale towers and
+# batches of 32k; the tiny towers here (1-4 layers, width 32-128) on the generated data learn nothing with it in
+# minutes. Measured on `clipa data synth` 32 px data (cpu-2core, mu/8, batch 64, docs/closed_loop.md): after 8k
+# samples (128 steps) lr_base 1e-3 / 4e-3 / 1.6e-2 all sit at chance (2.0 / 0.9 / 1.5%: too few steps for any
+# rate); after 40k samples at 32 px / 16 tokens, 3e-3 reaches 9.4% (chance 1.6%). 3e-3 is used for pre-training
+# (the middle of the range where AdamW on these towers trains stably) and a quarter of it for the fine-tune,
+# which starts from trained weights.
+CPU_LR_BASE = (3e-3, 7.5e-4)
+
+
+def cpu_space(data_res: int = 64) -> SearchSpace:
+    """Tiny towers on generated data, for the local profile: runs of seconds to tens of minutes.
+
+    ``data_res`` is the generated data's resolution: pre-training resolutions go up to it and the fine-tune stage
+    trains at it (upsampling beyond the data adds tokens but no information)."""
+    res = tuple(r for r in (16, 24, 32, 48, 64) if r <= data_res) or (data_res // 8 * 8,)
+    full = max(res)
     fts: list[tuple[FinetuneStage, ...]] = [()]
-    for samples in (4_000, 16_000, 64_000):
-        for mask in (0.0, 0.3, 0.5):
-            fts.append((FinetuneStage(64, samples, mask),))
+    for samples in (2_000, 8_000, 32_000):
+        for mask in (0.0, 0.5):
+            fts.append((FinetuneStage(full, samples, mask),))
     return SearchSpace(
         models=("mu/8", "mini/8", "xs/8"),
-        pretrain_res={8: (16, 24, 32, 48, 64)},
+        pretrain_res={8: res},
         text_lens=(8, 16, 32),
-        pretrain_samples=_geom(1e4, 3.2e6, 16),
+        pretrain_samples=_geom(2e3, 3.2e5, 16),
         finetunes=tuple(fts),
-        min_batch=32,
+        min_batch=64,  # a contrastive batch of 64 captions over 64 classes; smaller ones are mostly overhead here
         max_batch=256,
         steps_per_batch_doubling=200,
-        full_res=64,
+        full_res=full,
+        lr_base=CPU_LR_BASE,
     )
 
 
-def space_for(hw: Hardware) -> SearchSpace:
-    return cpu_space() if hw.kind == "cpu" else accelerator_space()
+def space_for(hw: Hardware, data_res: int | None = None) -> SearchSpace:
+    return cpu_space(data_res or 64) if hw.kind == "cpu" else accelerator_space()
 
 
 def batch_for(samples: int, space: SearchSpace) -> int:
@@ -113,13 +131,13 @@ def ft_batch(ft: FinetuneStage, space: SearchSpace) -> int:
 
 
 def make_stage(model: str, index: int, samples: int, batch: int, res: int, text_len: int, mask: float,
-               prev_finetunes: int = 0) -> Stage:
+               prev_finetunes: int = 0, lr_base: tuple[float, float] | None = None) -> Stage:
     tred = TextReduction.syntax if (index == 0 and text_len < FULL_TEXT) else TextReduction.truncate
     return Stage(
         samples=int(samples), batch_size=int(batch), image_res=int(res),
         image_mask=ImageMask.random if mask > 0 else ImageMask.none, mask_ratio=float(mask),
         text_len=int(text_len), text_reduction=tred,
-        lr_base=default_lr_base(index, samples, model, prev_finetunes),
+        lr_base=(lr_base[0 if index == 0 else 1] if lr_base else default_lr_base(index, samples, model, prev_finetunes)),
         warmup_samples=min(default_warmup(index, samples), int(samples)),
         init="scratch" if index == 0 else "previous",
     )
@@ -180,9 +198,11 @@ def enumerate_candidates(space: SearchSpace, hardware: str, pricing: str) -> pd.
 
 def candidate_stages(row, space: SearchSpace) -> list[Stage]:
     """The pydantic stages of one candidate row."""
-    stages = [make_stage(row.model, 0, row.pt_samples, row.pt_batch, row.pt_res, row.pt_text, 0.0)]
+    stages = [make_stage(row.model, 0, row.pt_samples, row.pt_batch, row.pt_res, row.pt_text, 0.0,
+                         lr_base=space.lr_base)]
     for j, ft in enumerate(space.finetunes[int(row.ft_id)]):
-        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio, j))
+        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio, j,
+                                 lr_base=space.lr_base))
     return stages
 
 

@@ -18,6 +18,7 @@ REGISTRARS: list[str] = [
     "trainer.data.cli",
     "planner.cli_model",
     "trainer.run_cli",
+    "trainer.pilot_cli",
 ]
 
 _registered = False

@@ -1,0 +1,277 @@
+"""The pilot for a new dataset or hardware: a small designed grid of cheap runs, and the measured run overhead.
+
+``design_pilot`` picks the runs: an L9 orthogonal array over four three-level axes (model size, pre-training
+resolution, text length, samples seen) plus one fine-tuned run, so that every level of every axis appears three times
+and each pair of axes is balanced: the law's size, samples, image-token and text-token terms are each seen at three
+levels without paying for a full 3^4 grid. The samples levels are a geometric ladder (x3) scaled to spend the
+budget. ``write_pilot`` writes it as a plan folder (``plan.json`` + one spec per run), which ``clipa pilot`` executes
+with the closed loop (resumable, idempotent: the folder is reused, never redesigned).
+
+Pricing is the one cost model (``planner.cost``, through ``planner.search.enumerate_candidates``' per-sample
+pricing) plus a measured *overhead*: on the CPU profile tiny towers are not FLOP-bound (input decoding, per-step
+dispatch and the compile of each stage dominate), so the FLOP/MFU model alone prices a mu/8 run some 50-100x below
+its measured device time. ``Overhead`` adds seconds per sample and per stage; ``prior_overhead`` is this machine's
+measurement, ``measured_overhead`` refits it from recorded runs (non-negative least squares), and ``apply_overhead``
+reprices candidates with it. Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from planner.errors import ClipaError
+from planner.hardware import default_pricing, get_hardware
+from planner.search import (FULL_TEXT, FinetuneStage, SearchSpace, batch_for, cpu_space, ft_batch, make_stage,
+                            space_for)
+from planner.spec import RunSpec, spec_from_dict
+
+# L9(3^4): rows are runs, columns the level (0, 1, 2) of model, resolution, text length, samples
+L9 = ((0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 0, 1, 2), (1, 1, 2, 0), (1, 2, 0, 1), (2, 0, 2, 1), (2, 1, 0, 2),
+      (2, 2, 1, 0))
+SAMPLES_RATIO = 3.0
+MIN_PILOT_SAMPLES = 2_000
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Device-seconds beyond the cost model: ``scale`` x modelled seconds + ``per_sample_s`` x samples +
+    ``per_stage_s`` x stages (a compile and a checkpoint per stage)."""
+
+    scale: float = 1.0
+    per_sample_s: float = 0.0
+    per_stage_s: float = 0.0
+    source: str = "none"
+
+    def seconds(self, modelled_s: Any, samples: Any, stages: Any) -> Any:
+        return self.scale * modelled_s + self.per_sample_s * samples + self.per_stage_s * stages
+
+
+# Measured on cpu-2core (shared, loaded) with `clipa data synth` 32 px data, mu/8, batch 64: 8k samples at 16 px
+# took 19-28 metered device-seconds against 0.27 s from the FLOP model; 40k samples at 32 px / 16 tokens took 94 s
+# against 3.1 s (about 2.4 ms a sample whatever the model's FLOPs, and a few seconds a stage).
+CPU_PRIOR = Overhead(1.0, 2.4e-3, 3.0, "prior: cpu-2core measurement (planner.pilot)")
+
+
+def prior_overhead(hardware: str) -> Overhead:
+    return CPU_PRIOR if get_hardware(hardware).kind == "cpu" else Overhead()
+
+
+def measured_overhead(hardware: str, runs_dir: Path | None = None) -> Overhead | None:
+    """The overhead refitted from recorded runs on ``hardware`` (None with fewer than 3 of them).
+
+    Fits measured device-seconds = a x modelled + b x samples + c x stages with a, b, c >= 0 (scipy nnls)."""
+    from scipy.optimize import nnls
+
+    from planner.cost import cost_spec
+    from planner.runs import load_results
+
+    results, _ = load_results(runs_dir)
+    rows = []
+    for r in results:
+        if r.spec.hardware != get_hardware(hardware).name or r.device_hours <= 0:
+            continue
+        modelled = cost_spec(r.spec).device_hours * 3600.0
+        rows.append((modelled, sum(s.samples for s in r.spec.stages), len(r.spec.stages), r.device_hours * 3600.0))
+    if len(rows) < 3:
+        return None
+    a = np.array(rows, dtype=float)
+    coef, _ = nnls(a[:, :3], a[:, 3])
+    return Overhead(float(coef[0]), float(coef[1]), float(coef[2]), f"measured: nnls over {len(rows)} recorded runs")
+
+
+def overhead_for(hardware: str, runs_dir: Path | None = None) -> Overhead:
+    """The measured overhead when there are runs to measure it from, else the hardware's prior."""
+    if get_hardware(hardware).kind != "cpu":
+        return Overhead()
+    return measured_overhead(hardware, runs_dir) or prior_overhead(hardware)
+
+
+def apply_overhead(cands: pd.DataFrame, space: SearchSpace, overhead: Overhead, rate: float) -> pd.DataFrame:
+    """``planner.search.enumerate_candidates`` rows repriced with ``overhead`` (device_hours and cost_usd)."""
+    ft_samples = np.array([sum(st.samples for st in opt) for opt in space.finetunes], dtype=float)
+    ft_stages = np.array([len(opt) for opt in space.finetunes], dtype=float)
+    ft_id = cands["ft_id"].to_numpy().astype(int)
+    samples = cands["pt_samples"].to_numpy(float) + ft_samples[ft_id]
+    secs = overhead.seconds(cands["device_hours"].to_numpy(float) * 3600.0, samples, 1.0 + ft_stages[ft_id])
+    out = cands.copy()
+    out["device_hours"] = secs / 3600.0
+    out["cost_usd"] = out["device_hours"] * rate
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# design
+
+
+@dataclass
+class PilotRun:
+    model: str
+    res: int
+    text_len: int
+    samples: int
+    finetune: int  # fine-tune samples at the data's resolution (0: none)
+    cost_usd: float
+    device_hours: float
+
+
+@dataclass
+class PilotDesign:
+    budget_usd: float
+    dataset: str
+    hardware: str
+    pricing: str
+    overhead: Overhead
+    runs: list[PilotRun]
+    specs: list[RunSpec]
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(r.cost_usd for r in self.runs)
+
+
+def _levels(values: tuple, n: int = 3, ordered: bool = False) -> tuple:
+    """n levels spanning an axis: its lowest, middle and highest value (``ordered``: already in order)."""
+    v = list(values) if ordered else sorted(values)
+    if len(v) >= n:
+        return tuple(v[round(i * (len(v) - 1) / (n - 1))] for i in range(n))
+    return tuple(v[min(i, len(v) - 1)] for i in range(n))
+
+
+def _run_stages(space: SearchSpace, run: PilotRun) -> list:
+    stages = [make_stage(run.model, 0, run.samples, batch_for(run.samples, space), run.res, run.text_len, 0.0,
+                         lr_base=space.lr_base)]
+    if run.finetune:
+        ft = FinetuneStage(space.full_res, run.finetune, 0.0)
+        stages.append(make_stage(run.model, 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, 0.0, 0,
+                                 lr_base=space.lr_base))
+    return stages
+
+
+def _price(space: SearchSpace, run: PilotRun, hardware: str, pricing: str, overhead: Overhead) -> tuple[float, float]:
+    from planner.cost import cost_stages
+
+    stages = _run_stages(space, run)
+    c = cost_stages(run.model, stages, hardware, pricing)
+    secs = overhead.seconds(c.device_hours * 3600.0, sum(s.samples for s in stages), len(stages))
+    return secs / 3600.0 * c.usd_per_device_hour, secs / 3600.0
+
+
+def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, hardware: str = "cpu-2core",
+                 pricing: str | None = None, data_res: int | None = None, overhead: Overhead | None = None,
+                 models: tuple[str, ...] | None = None, n_runs: int | None = None) -> PilotDesign:
+    """The pilot's runs: L9 over (model, resolution, text, samples) + one fine-tuned run, the samples ladder scaled
+    to spend at most ``budget_usd`` (the most expensive feasible scale, found by bisection).
+
+    ``models`` restricts the model axis (e.g. only mu/8 for a quick loop); ``n_runs`` keeps the first runs of the
+    array (at least 3). Raises ClipaError when even the smallest design does not fit the budget."""
+    from planner.datasets import canonical_dataset
+
+    dataset = canonical_dataset(dataset)
+    hw = get_hardware(hardware)
+    pricing = pricing or default_pricing(hw.name)
+    hw.price(pricing)
+    if data_res is None and data_dir is not None:
+        data_res = data_resolution(data_dir)
+    space = space_for(hw, data_res) if hw.kind == "cpu" else cpu_space(data_res or 64)
+    overhead = overhead or overhead_for(hw.name)
+    mods = _levels(models or space.models, ordered=True)  # the space lists models by size
+    res = _levels(space.pretrain_res[8])
+    texts = _levels(space.text_lens)
+    rows = list(L9)
+    if n_runs is not None:
+        if n_runs < 3:
+            raise ClipaError("runs", "a pilot needs at least 3 runs to fit anything")
+        # keep the rows that span every axis first: the L9 rows 0, 4, 8 are a Latin square on all four axes
+        order = [0, 4, 8, 1, 5, 6, 2, 3, 7]
+        rows = [L9[i] for i in order[: min(n_runs, 9)]]
+
+    def build(scale: float) -> list[PilotRun]:
+        ladder = [int(round(scale * SAMPLES_RATIO**k, -2)) for k in range(3)]
+        runs = [PilotRun(mods[a], res[b], texts[c], max(ladder[d], MIN_PILOT_SAMPLES), 0, 0.0, 0.0)
+                for a, b, c, d in rows]
+        if n_runs is None or n_runs > 9:
+            # the fine-tune term: the smallest model, lowest resolution and shortest text, then the data's resolution
+            runs.append(PilotRun(mods[0], res[0], texts[0], max(ladder[1], MIN_PILOT_SAMPLES),
+                                 max(ladder[0] // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
+        for r in runs:
+            r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
+        return runs
+
+    lo, hi = float(MIN_PILOT_SAMPLES), 1e7
+    if sum(r.cost_usd for r in build(lo)) > budget_usd:
+        cheapest = sum(r.cost_usd for r in build(lo))
+        raise ClipaError("budget", f"${budget_usd:.4f} buys no pilot on {hw.name}: the smallest design costs "
+                                   f"${cheapest:.4f} ({len(build(lo))} runs of {MIN_PILOT_SAMPLES}+ samples)")
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        if sum(r.cost_usd for r in build(mid)) <= budget_usd:
+            lo = mid
+        else:
+            hi = mid
+    runs = build(lo)
+    specs = [_spec(space, r, dataset, data_dir, hw.name, pricing) for r in runs]
+    return PilotDesign(budget_usd, dataset, hw.name, pricing, overhead, runs, specs)
+
+
+def data_resolution(data_dir: Path) -> int:
+    """The image side of a ``clipa data synth`` folder (its dataset.json), else 64."""
+    meta = Path(data_dir) / "dataset.json"
+    try:
+        return int(json.loads(meta.read_text())["resolution"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+
+
+def data_fields(data_dir: Path | None) -> dict[str, str]:
+    """A spec's data, eval_data and tokenizer fields for a generated dataset folder."""
+    if data_dir is None:
+        return {}
+    d = Path(data_dir).absolute()
+    if not (d / "train").is_dir():
+        raise ClipaError("data", f"{d} has no train/ folder (make one with: clipa data synth --out {d})")
+    out = {"data": str(d / "train")}
+    if (d / "eval").is_dir():
+        out["eval_data"] = str(d / "eval")
+    if (d / "tokenizer.json").exists():
+        out["tokenizer"] = str(d / "tokenizer.json")
+    return out
+
+
+def _spec(space: SearchSpace, run: PilotRun, dataset: str, data_dir: Path | None, hardware: str,
+          pricing: str) -> RunSpec:
+    stages = _run_stages(space, run)
+    return spec_from_dict({"model": run.model, "dataset": dataset, "hardware": hardware, "pricing": pricing,
+                           **data_fields(data_dir), "stages": [s.model_dump(mode="json") for s in stages]})
+
+
+def pilot_id(budget_usd: float, dataset: str, hardware: str, pricing: str, data_dir: Path | None) -> str:
+    req = {"pilot": 1, "budget_usd": budget_usd, "dataset": dataset, "hardware": hardware, "pricing": pricing,
+           "data": str(Path(data_dir).absolute()) if data_dir else None}
+    return "pilot-" + hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def write_pilot(design: PilotDesign, plan_dir: Path, plan_id: str) -> dict[str, Any]:
+    """Write the design as a plan folder (plan.json + runs/<run-id>.yaml); runs carry no prediction (the pilot is
+    what the prediction will be made from)."""
+    from planner.schedule import format_schedule
+    from planner.store import atomic_write_text
+
+    runs = []
+    for r, spec in zip(design.runs, design.specs):
+        path = Path(plan_dir).absolute() / "runs" / f"{spec.run_id}.yaml"
+        spec.write(path)
+        runs.append({"run_id": spec.run_id, "spec": str(path), "prediction": None, "model": spec.model,
+                     "schedule": format_schedule(spec.stages, spec.model), "cost_usd": r.cost_usd,
+                     "device_hours": r.device_hours})
+    body = {"plan_id": plan_id, "kind": "pilot", "budget_usd": design.budget_usd, "dataset": design.dataset,
+            "hardware": design.hardware, "pricing": design.pricing, "overhead": asdict(design.overhead),
+            "cost_usd": design.cost_usd, "runs": runs}
+    atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")
+    return body
