@@ -480,7 +480,7 @@ def train(
         for k in range(start_stage, len(spec.stages)):
             st = spec.stages[k]
             source = factory(spec, k, pidx, pcount)
-            if k == start_stage and meta is None or (k == start_stage and vocab_size is None):
+            if k == start_stage and meta is None:  # a resumed run keeps its checkpoint's vocabulary
                 vocab_size, eot_id = _vocab(spec, source, vocab_size, eot_id)
             cfg = ModelConfig.for_stage(spec, k, vocab_size, eot_id)
             mask = MaskConfig.for_stage(st)
