@@ -248,16 +248,16 @@ def test_load_or_fit_caches_by_data_and_code(isolated_home, monkeypatch):
     assert (isolated_home / "results" / "fits" / f"{second.version}.json").exists()
 
 
-def test_runs_on_a_local_dataset_get_their_own_multiplier_only(isolated_home, published_fit):
+def test_runs_on_a_local_dataset_stay_out_of_the_imagenet_fit(isolated_home, published_fit):
+    # a local dataset's top-1 is measured on its own eval split (another study, planner.studies): its runs never
+    # shape the ImageNet law nor get an ImageNet multiplier; with fewer than 3 runs the study has no fit yet
     runs = isolated_home / "results" / "runs"
     runs.mkdir(parents=True)
     for i, (sched, top1) in enumerate((("2B@112/16 + 128M@224/32", 40.0), ("4B@112/16 + 128M@224/32", 43.0))):
         (runs / f"local{i}.json").write_text(json.dumps({"source": "run", "model": "B/16", "dataset": "local:synth",
                                                          "schedule": sched, "top1": top1}))
     fit = load_or_fit()
-    assert fit.metrics["local_rows"] == 2 and "local:synth" in fit.datasets
-    assert fit.datasets["local:synth"] > fit.datasets["laion-80m"]  # far worse than any web-scale dataset
-    law = {k: v for k, v in fit.params.items()}
-    assert law == pytest.approx(published_fit.params)  # the law itself is fitted on named datasets only
+    assert "local:synth" not in fit.datasets and fit.studies == {}
+    assert fit.params == pytest.approx(published_fit.params)
     p = predict_stages(fit, "B/16", "local:synth", parse_schedule("3B@112/16 + 128M@224/32", "B/16"))
-    assert 38 < p.predicted_top1 < 45 and not p.extrapolated
+    assert p.extrapolated

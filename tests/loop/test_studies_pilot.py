@@ -1,0 +1,140 @@
+"""Studies and pilot design: local runs never touch the ImageNet fit, ImageNet rows never enter a local fit, the reduced
+local law recovers known parameters, and the pilot design stays within budget while spanning every axis."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from planner import accuracy
+from planner.accuracy import fitting_data, load_or_fit, predict_stages
+from planner.errors import ClipaError
+from planner.features import features_frame, schedule_features
+from planner.pilot import Overhead, apply_overhead, design_pilot
+from planner.schedule import parse_schedule
+from planner.search import cpu_space, enumerate_candidates
+from planner.studies import IMAGENET, _columns, fit_study, local_law, predict_study, study_of
+
+SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
+TRUTH = dict(SHARED, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5, ln_ci=math.log(1.5),
+             ln_ct=math.log(2), ln_s0=math.log(0.2))
+CHANCE = 100 / 64
+
+
+def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0):
+    rows = [schedule_features(m, "local:t", f"{s}@{r}/{t}") for m in ("mu/8", "mini/8", "xs/8") for r in (16, 24, 32)
+            for t in (8, 16, 32) for s in ("5K", "16K", "48K")]
+    f = features_frame(rows)
+    rng = np.random.default_rng(seed)
+    f = f.iloc[np.sort(rng.choice(len(f), n, replace=False))].reset_index(drop=True)
+    f["top1"] = local_law(TRUTH, _columns(f), 16.0, CHANCE) + rng.normal(0, noise, len(f))
+    f["key"] = [f"k{i}" for i in range(len(f))]
+    return f
+
+
+def test_reduced_law_recovers_known_parameters():
+    fit = fit_study(_local_rows(), SHARED, dataset="local:t", chance=CHANCE)
+    sd = fit.param_sd()
+    for k in ("ln_A", "alpha", "ln_B", "beta", "ln_ci", "ln_ct"):
+        assert abs(fit.params[k] - TRUTH[k]) < max(4 * sd[k], 0.05), (k, fit.params[k], TRUTH[k], sd[k])
+    assert fit.sigma == pytest.approx(0.5, abs=0.25)
+    # the floor: a run too short to learn is predicted at chance, never below
+    f = features_frame([schedule_features("mu/8", "local:t", "100@16/8")])
+    p = predict_study(fit, f).iloc[0]
+    assert p.predicted_top1 == pytest.approx(CHANCE, abs=0.05) and p.low >= 0
+
+
+def test_interval_covers_and_widens_outside_the_study():
+    fit = fit_study(_local_rows(noise=1.0, seed=1), SHARED, dataset="local:t", chance=CHANCE)
+    held = _local_rows(n=81, noise=1.0, seed=2)
+    pred = predict_study(fit, held)
+    inside = ((held["top1"] >= pred["low"]) & (held["top1"] <= pred["high"])).mean()
+    assert 0.6 <= inside <= 1.0
+    near = features_frame([schedule_features("mini/8", "local:t", "48K@32/16")])
+    far = features_frame([schedule_features("mini/8", "local:t", "480K@32/16")])
+    pn, pf = predict_study(fit, near).iloc[0], predict_study(fit, far).iloc[0]
+    assert not pn.extrapolated and pf.extrapolated
+    assert pf.high - pf.low > pn.high - pn.low
+
+
+def test_local_fit_refuses_imagenet_rows():
+    rows = _local_rows(n=5)
+    img = features_frame([schedule_features("B/16", "datacomp-1b", "1B@112/16")])
+    img["top1"], img["key"] = 60.0, "x"
+    import pandas as pd
+
+    with pytest.raises(ClipaError, match="cannot enter the fit of study"):
+        fit_study(pd.concat([rows, img], ignore_index=True), SHARED, dataset="local:t", chance=CHANCE)
+    assert study_of("local:t") == "zeroshot:local:t" and study_of("laion-2b") == IMAGENET
+
+
+def test_imagenet_fit_refuses_local_rows():
+    data = fitting_data(include_runs=False)
+    data.rows = data.rows.copy()
+    data.rows.loc[0, "dataset"] = "local:t"
+    with pytest.raises(ClipaError, match="cannot enter"):
+        accuracy.fit_accuracy(data)
+
+
+def _write_local_runs(home, n=6):
+    runs = home / "results" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    f = _local_rows(n=n, seed=3)
+    for i, r in f.iterrows():
+        sched = f"{int(r.total_samples)}@{int(r.s0_image_res)}/{int(r.s0_text_len)}"
+        (runs / f"local{i}.json").write_text(json.dumps(
+            {"source": "run", "model": r.model, "dataset": "local:t", "schedule": sched, "top1": float(r.top1)}))
+
+
+def test_local_runs_never_change_the_imagenet_fit(isolated_home):
+    before = load_or_fit()
+    _write_local_runs(isolated_home)
+    after = load_or_fit()
+    # same ImageNet data, same version: the local runs are not even part of its data hash
+    assert after.version == before.version and after.params == before.params
+    assert "local:t" not in after.datasets and "local:t" in after.studies
+    st = after.studies["local:t"]
+    assert st.metrics["rows"] == 6 and after.version_for("local:t") != after.version
+    # a local prediction comes from the study's law; an ImageNet one is unchanged
+    p = predict_stages(after, "mini/8", "local:t", parse_schedule("16K@32/16", "mini/8"))
+    assert CHANCE <= p.predicted_top1 < 100 and p.low <= p.predicted_top1 <= p.high
+    q0 = predict_stages(before, "B/16", "datacomp-1b", parse_schedule("2B@112/16", "B/16"))
+    q1 = predict_stages(after, "B/16", "datacomp-1b", parse_schedule("2B@112/16", "B/16"))
+    assert q0 == q1
+
+
+def test_pilot_design_within_budget_and_spans_every_axis():
+    d = design_pilot(0.01, "local:t", data_res=32)
+    assert d.cost_usd <= 0.01 and d.cost_usd > 0.9 * 0.01  # spends the budget, not more
+    assert len(d.runs) == 10
+    for axis in ("model", "res", "text_len", "samples"):
+        assert len({getattr(r, axis) for r in d.runs}) == 3, axis
+    assert {r.model for r in d.runs} == {"mu/8", "mini/8", "xs/8"}
+    assert max(r.res for r in d.runs) == 32 and any(r.finetune for r in d.runs)
+    # each pair of the four L9 axes is balanced: every level of one axis meets three levels of another
+    l9 = d.runs[:9]
+    for a, b in (("model", "res"), ("model", "samples"), ("res", "text_len")):
+        assert len({(getattr(r, a), getattr(r, b)) for r in l9}) == 9
+    with pytest.raises(ClipaError, match="buys no pilot"):
+        design_pilot(1e-6, "local:t", data_res=32)
+
+
+def test_small_pilot_spans_the_token_and_samples_axes():
+    d = design_pilot(0.003, "local:t", data_res=32, models=("mu/8",), n_runs=4)
+    assert len(d.runs) == 4 and {r.model for r in d.runs} == {"mu/8"}
+    for axis in ("res", "text_len", "samples"):
+        assert len({getattr(r, axis) for r in d.runs}) == 3, axis
+    # not every axis moves in step: the fourth run breaks the token/samples correlation
+    assert len({(r.res, r.samples) for r in d.runs}) == 4
+    assert d.cost_usd <= 0.003
+
+
+def test_overhead_reprices_candidates_and_lr_policy():
+    space = cpu_space(32)
+    c = enumerate_candidates(space, "cpu-2core", "on-demand")
+    o = apply_overhead(c, space, Overhead(1.0, 1e-3, 2.0), 0.067)
+    assert (o["cost_usd"] > c["cost_usd"]).all() and max(space.pretrain_res[8]) == 32
+    assert space.lr_base[0] > 1e-4  # not CLIPA's web-scale 8e-6
