@@ -25,8 +25,8 @@ unchanged from the ImageNet fit: gamma, kappa, psi, eta (the inverse-scaling str
 down); kappa_t is fixed at 1 (the ImageNet fit leaves it at a bound). The chance level is a floor, not a parameter: below it the law predicts chance.
 
 Interval: Gauss-Newton covariance of the MAP fit (prior rows included) through the prediction's gradient, plus the
-residual noise (at least the binomial noise of the evaluation split at the prediction), with Student-t quantiles for
-the few degrees of freedom; outside the study's range (model size, samples, tokens, text, fine-tune samples) the
+residual noise, both at least the binomial noise of the evaluation split (a pilot's few residuals can look far too
+good), with Student-t quantiles for the few degrees of freedom; outside the study's range (model size, samples, tokens, text, fine-tune samples) the
 half-width grows by half the summed log-distance outside, and the prediction is flagged ``extrapolated``.
 
 Fits are saved as ``results/fits/study-<name>-<version>.json``; the version hashes the study's rows, the shared
@@ -72,7 +72,6 @@ _LOCAL_PARAMS: list[tuple[str, float, float, float, tuple[Any, float] | None]] =
     ("ln_ct", 0.0, -10.0, 6.0, (0.0, 3.0)),
     ("ln_s0", math.log(0.2), math.log(0.005), math.log(50.0), (math.log(0.2), 1.0)),
 ]
-_PRIOR_WEIGHT = 1.0  # prior rows are in units of standard deviations times this many points
 
 
 def study_of(dataset: str) -> str:
@@ -226,6 +225,11 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
     t_ref = float(rows["max_image_tokens"].max())
     X = _columns(rows)
     y = rows["top1"].to_numpy(float)
+    # the measurement noise is at least the evaluation split's binomial noise: a floor on the residual variance
+    # (with a handful of runs and as many parameters the residuals alone can look arbitrarily good), and the unit
+    # the prior rows are written in, so that a prior alone gives its parameter its own sd
+    pf = np.clip(y / 100.0, 0.005, 0.995)
+    noise_floor = float(np.sqrt(np.mean(1e4 * pf * (1 - pf) / max(eval_n, 1))))
 
     def unpack(x: np.ndarray) -> dict[str, float]:
         p = dict(base)
@@ -234,7 +238,7 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
 
     def residuals(x: np.ndarray) -> np.ndarray:
         r = local_law(unpack(x), X, t_ref, chance) - y
-        pr = [(x[i] - m) / sd * _PRIOR_WEIGHT for i, (m, sd) in priors]
+        pr = [(x[i] - m) / sd * noise_floor for i, (m, sd) in priors]
         return np.concatenate([r, pr])
 
     # a few starts: the pilot's few points leave the samples/size split ambiguous, and a bad start stalls at chance
@@ -254,7 +258,7 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
     # degrees of freedom: the unpenalised parameters (scales of size and samples) cost one each, the prior-held
     # ones half (they are partly fixed by their priors)
     dof = max(m - (len(names) - len(priors)) - 0.5 * len(priors), 1.0)
-    s2 = float(np.sum(r**2) / dof)
+    s2 = max(float(np.sum(r**2) / dof), noise_floor**2)
     cov = s2 * np.linalg.pinv(sol.jac.T @ sol.jac, rcond=1e-10) if m > 0 else np.zeros((len(names),) * 2)
     sigma = math.sqrt(s2)
     fit = StudyFit(study=study, dataset=dataset, params=p, free=names, cov=cov.tolist(), sigma=sigma,
