@@ -94,7 +94,7 @@ def test_a_samples_mask_depends_on_its_global_index_only():
 
 
 def test_evaluation_sees_all_tokens_and_training_only_the_kept():
-    cfg = ModelConfig(variant=decode_variant("mu/8"), image_res=32, vocab_size=64, pool="tok")
+    cfg = ModelConfig(variant=decode_variant("mu/8"), image_res=32, vocab_size=256, pool="tok")
     params = jax.jit(lambda k: init_params(cfg, k))(jax.random.PRNGKey(0))
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     mask = MaskConfig("random", 0.5)
