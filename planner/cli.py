@@ -218,14 +218,31 @@ def run_app(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # click usage errors (typer vendors its own click: check both exception families)
+        usage = _click_exception_types()
+        if not isinstance(e, usage):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help text is the answer
             e.show()
             return 2
-        raise
+        name = getattr(getattr(e, "ctx", None), "command_path", None) or "clipa"
+        msg = " ".join(e.format_message().split())
+        err_console.print(f"error: {msg} (see: {name} --help)", markup=False, highlight=False, soft_wrap=True)
+        return 2
     return rv if isinstance(rv, int) else 0
+
+
+def _click_exception_types() -> tuple[type, ...]:
+    """Click's usage-error base classes: typer >= 0.20 vendors click as ``typer._click``; older ones use click."""
+    import importlib
+
+    types: list[type] = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(importlib.import_module(mod).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
 
 
 @app.command()
