@@ -25,6 +25,20 @@ from conftest import CLIPA, REPO, clipa_env, clipa_ok, leftovers, tiny_spec_dict
 
 from planner.spec import spec_from_dict
 
+# Fake secrets planted in the environment of every killed/resumed run (scenario 6): none may appear in anything the
+# run writes (metrics, TensorBoard events, checkpoints, eval.json, the result record) or prints.
+SECRETS = {"HF_TOKEN": "hf_fakeTokenValue1234", "MY_SECRET": "s3cr3t-value-xyz",
+           "CLOUDSDK_AUTH_ACCESS_TOKEN": "ya29.fake-access-token-abcdef", "AWS_SECRET_ACCESS_KEY": "AKfakeAWSsecret99"}
+
+
+def _scan_for_secrets(roots, texts) -> None:
+    blobs = [t.encode() for t in texts]
+    for root in roots:
+        blobs += [p.read_bytes() for p in root.rglob("*") if p.is_file()]
+    assert len(blobs) > 10
+    for value in SECRETS.values():
+        assert not any(value.encode() in b for b in blobs), value
+
 
 def _steps(run_dir: Path) -> list[dict]:
     p = run_dir / "metrics.jsonl"
@@ -89,7 +103,7 @@ def _final_params(run_dir: Path):
 def _run_killed(spec_path, run_root, home, cache, pred, record, timeout=300) -> str:
     """Start ``clipa run``, SIGKILL its process group once ``pred`` holds; 'killed' or 'finished' (not injected)."""
     proc = subprocess.Popen([*CLIPA, "run", str(spec_path), "--run-dir", str(run_root), "--no-progress"], cwd=REPO,
-                            env=clipa_env(home, cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=clipa_env(home, cache, SECRETS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     run_dir = run_root / spec_from_dict(json.loads(Path(spec_path).read_text())).run_id
     try:
@@ -135,7 +149,9 @@ def _kill_sequence(points, tiny_data, tmp_path, cache, reference):
     outcomes = []
     for pred in points:
         outcomes.append((pred.__name__, _run_killed(spec_path, run_root, home, cache, pred, record)))
-    clipa_ok(home, "run", str(spec_path), "--run-dir", str(run_root), "--no-progress", jax_cache=cache)
+    final = clipa_ok(home, "run", str(spec_path), "--run-dir", str(run_root), "--no-progress", "--json",
+                     jax_cache=cache, extra_env=SECRETS)
+    _scan_for_secrets([run_root, home], [final.stdout, final.stderr])
     # exactly one record, the right one, readable
     records = sorted((home / "results" / "runs").glob("*"))
     assert [p.name for p in records] == [f"{rid}.json"], records
