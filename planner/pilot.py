@@ -36,7 +36,7 @@ from planner.spec import RunSpec, spec_from_dict
 L9 = ((0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 0, 1, 2), (1, 1, 2, 0), (1, 2, 0, 1), (2, 0, 2, 1), (2, 1, 0, 2),
       (2, 2, 1, 0))
 SAMPLES_RATIO = 3.0
-MIN_PILOT_SAMPLES = 2_000
+MIN_PILOT_SAMPLES = 1_000
 
 
 @dataclass(frozen=True)

@@ -124,10 +124,13 @@ def make_plan(
     if affordable.empty:
         cheapest = cands.loc[cands["cost_usd"].idxmin()]
         sched = format_schedule(candidate_stages(cheapest, space), cheapest.model)
+        def usd(x: float) -> str:  # cents hide the CPU profile's sub-cent budgets
+            return f"${x:,.2f}" if x >= 1 else f"${x:.3g}"
+
         raise ClipaError(
             "budget",
-            f"${budget_usd:,.2f} buys no candidate on {hw.name} ({pricing}); the cheapest plan is {cheapest.model} "
-            f"'{sched}' at ${cheapest.cost_usd:,.2f}",
+            f"{usd(budget_usd)} buys no candidate on {hw.name} ({pricing}); the cheapest plan is {cheapest.model} "
+            f"'{sched}' at {usd(cheapest.cost_usd)}",
         )
     pred = predictor(candidate_features(affordable, space, dataset))
     ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]])
