@@ -411,6 +411,15 @@ class _StopFlag:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _loggable_data_state(state: dict) -> dict:
+    """The data position for metrics.jsonl: in full when small (synthetic sources), else a digest, since a shard
+    reader's state holds its whole shuffle buffer (tens of KB) and is checkpointed anyway."""
+    blob = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    if len(blob) <= 2048:
+        return {"data_state": state}
+    return {"data_state_sha256": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+
+
 def _say(msg: str, on: bool) -> None:
     if on and jax.process_index() == 0:
         print(msg, file=sys.stderr, flush=True)
@@ -556,7 +565,7 @@ def train(
                         "global_step": global_step, "stage": k, "stage_step": s, "samples": cost.samples,
                         **m, "samples_per_s": sps, "mfu": mfu, "usd": cost.usd, "usd_wall":
                         cost.device_s / 3600 * hw.price(spec.pricing).usd_per_device_hour,
-                        "data_state": data_state,
+                        **_loggable_data_state(data_state),
                     })
                 tele.update_bar(global_step, k, len(spec.stages), s, st.steps, m["loss"], sps, mfu, cost.usd, eta)
                 signum = stop.requested()

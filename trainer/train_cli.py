@@ -63,8 +63,12 @@ def register(app: typer.Typer) -> None:
                                                 "(no data needed)")] = False,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary at the end")] = False,
+        evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="zero-shot evaluate at the end when the spec "
+                                               "has eval_data (written to RUN_DIR/eval.json)")] = True,
     ) -> None:
-        """Train (or resume) a run spec on every device JAX sees: one CPU, a GPU, or a multi-host TPU slice."""
+        """Train (or resume) a run spec on every device JAX sees: one CPU, a GPU, or a multi-host TPU slice.
+
+        With eval_data in the spec the final model is evaluated zero-shot at the end (single-process runs)."""
         from planner.spec import load_spec
 
         s = load_spec(spec)
@@ -93,6 +97,17 @@ def register(app: typer.Typer) -> None:
             "final_loss": result.final_loss,
             "cost": result.cost,
         }
+        import jax
+
+        if evaluate and s.eval_data and jax.process_count() == 1:
+            from trainer.closed_loop import evaluate_run
+            from trainer.model import TrainedModel
+
+            ev = evaluate_run(s, rd, TrainedModel(result.cfg, result.params))
+            summary["eval"] = {k: ev[k] for k in ("top1", "top5", "n") if k in ev}
+            if not json_out:
+                sys.stdout.write(f"zero-shot on {s.eval_data}: top-1 {100 * ev['top1']:.2f}%, "
+                                 f"top-5 {100 * ev.get('top5', 0.0):.2f}% ({ev.get('n', 0)} samples)\n")
         if json_out:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         else:
