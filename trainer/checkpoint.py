@@ -18,6 +18,7 @@ leaves the previous checkpoint as the latest one (unfinished ones are cleaned up
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,30 @@ class Checkpoints:
 
     def save(self, step: int, params: Any, opt_state: Any | None, meta: dict) -> None:
         """Save (asynchronously); ``opt_state`` None writes weights only (enough for ``init`` and eval)."""
+        self._check_writable(step)
         ocp = _ocp()
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if opt_state is not None:
             items["opt"] = ocp.args.StandardSave(opt_state)
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def _check_writable(self, step: int) -> None:
+        """A ClipaError now when the folder cannot take a file (read-only, full, permissions). Orbax's asynchronous
+        save would otherwise fail in a background thread while its sibling threads wait minutes for a signal that
+        never comes, and the run would end with a timeout traceback instead of a reason."""
+        probe = self.directory / f".write-probe-{os.getpid()}-{jax.process_index()}"
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"probe")
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            latest = self.latest_step()
+            raise ClipaError("checkpoint", f"cannot write checkpoint {step} in {self.directory}: {e.strerror or e}; "
+                             f"the last finished checkpoint is {'step ' + str(latest) if latest is not None else 'none'}"
+                             ) from None
 
     def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None = None) -> tuple[Any, Any | None]:
         """Parameters (and, when ``abstract_opt`` is given, the optimiser state) of checkpoint ``step``."""

@@ -1,0 +1,74 @@
+"""Scenario 2a: the checkpoint folder becomes read-only. Tests run as root, where chmod does not stop writes, so the
+folder is made read-only for real with a read-only bind mount inside a private mount namespace (``unshare -m``;
+skipped where that is not permitted). The run is SIGKILLed once checkpoint 4 exists, the folder is remounted
+read-only, and the same ``clipa train`` is restarted: it resumes from checkpoint 4 and, at its next save, must stop
+with one line naming the problem (exit 2) instead of orbax's background threads failing and waiting out a 300 s
+signal timeout; afterwards (outside the namespace) checkpoint 4 is intact and restores.
+
+Known gap (see REPORT.md): a folder that turns read-only while orbax is already writing a checkpoint still makes
+orbax's sibling threads wait out their timeout before the run fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import REPO, clipa_env
+
+SPEC = {"model": "mu/8", "dataset": "local:synthetic", "hardware": "cpu-2core", "pricing": "on-demand", "seed": 0,
+        "stages": [{"samples": 480, "batch_size": 8, "image_res": 16, "text_len": 4, "lr_base": 0.01,
+                    "init": "scratch"}],
+        "train": {"checkpoint_every_steps": 2, "log_every_steps": 1}}
+
+SCRIPT = r"""
+set -u
+CK="$RD/checkpoints"
+"$PY" -c 'from trainer.cli import main; main()' train "$SPEC" --synthetic --run-dir "$RD" --no-progress \
+    >/dev/null 2>"$RD.err1" & pid=$!
+while [ ! -e "$CK/4/commit_success.txt" ]; do kill -0 $pid 2>/dev/null || exit 90; sleep 0.01; done
+kill -9 $pid; wait $pid 2>/dev/null
+rm -rf "$CK"/*orbax-checkpoint-tmp*   # a save the kill interrupted (the next start would clean it up itself)
+mount --bind "$CK" "$CK" && mount -o remount,bind,ro "$CK" || exit 91
+"$PY" -c 'from trainer.cli import main; main()' train "$SPEC" --synthetic --run-dir "$RD" --no-progress \
+    >/dev/null 2>"$RD.err2"
+echo "exit=$?"
+"""
+
+
+def _unshare_ok() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_ok(), reason="unshare -m (a private mount namespace) is not permitted here")
+def test_read_only_checkpoint_folder_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, jax_cache):
+    import sys
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    rd = tmp_path / "run"
+    env = clipa_env(tmp_path / "home", jax_cache, {"RD": str(rd), "PY": sys.executable, "SPEC": str(spec)})
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.stdout.strip().endswith("exit=2"), (proc.stdout, proc.stderr, (tmp_path / "run.err2").read_text())
+    err = [ln for ln in (tmp_path / "run.err2").read_text().splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "checkpoint" in err[0] and "Read-only file system" in err[0], err
+    assert "Traceback" not in (tmp_path / "run.err2").read_text()
+    # outside the namespace: the last checkpoint before the fault is whole and restores
+    from trainer.checkpoint import Checkpoints, load_params
+
+    store = Checkpoints(rd / "checkpoints", read_only=True, async_save=False)
+    latest = store.latest_step()
+    store.close()
+    assert latest is not None and latest >= 4
+    _, params, meta = load_params(rd)
+    assert meta["global_step"] == latest
+    import jax
+
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    assert not [p for p in (rd / "checkpoints").iterdir() if "orbax-checkpoint-tmp" in p.name]
