@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
                 "spec of the plan (see trainer/tpu/README.md); recording TPU results from a plan is not wired yet",
             )
         from trainer.closed_loop import execute_run, preflight
+        from trainer.loop import TrainingInterrupted
+        from trainer.telemetry import NonFiniteError
+        from trainer.train_cli import EXIT_NON_FINITE
 
         for spec, _ in runs:  # every run's inputs are checked before the first one starts
             preflight(spec)
@@ -72,8 +75,15 @@ def register(app: typer.Typer) -> None:
                 from trainer.closed_loop import predict_now
 
                 prediction = predict_now(spec)
-            out = execute_run(spec, root / spec.run_id, prediction=prediction, plan_id=plan_id, progress=progress,
-                              eval_limit=eval_limit)
+            try:
+                out = execute_run(spec, root / spec.run_id, prediction=prediction, plan_id=plan_id,
+                                  progress=progress, eval_limit=eval_limit)
+            except NonFiniteError as e:  # as `clipa train` reports them: one line, no traceback
+                sys.stderr.write(f"error: run {spec.run_id}: {e}\n")
+                raise typer.Exit(EXIT_NON_FINITE) from None
+            except TrainingInterrupted as e:
+                sys.stderr.write(f"run {spec.run_id}: {e}\n")
+                raise typer.Exit(128 + e.signum) from None
             r = out.result
             recorded.append(r)
             if not json_out:
