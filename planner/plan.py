@@ -193,8 +193,14 @@ def load_plan(plan_dir: Path) -> tuple[dict[str, Any], list[tuple[RunSpec, dict[
         raise ClipaError("plan", f"no plan.json in {plan_dir}") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ClipaError("plan", f"{p} is unreadable: {e}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("runs", []), list):
+        raise ClipaError("plan", f"{p} must be a JSON object whose 'runs' is a list")
     runs = []
-    for r in body.get("runs", []):
+    for i, r in enumerate(body.get("runs", [])):
+        if not isinstance(r, dict) or not isinstance(r.get("spec"), str) or \
+                not isinstance(r.get("prediction") or {}, dict):
+            raise ClipaError(f"plan.runs[{i}]", f"{p}: each run needs a 'spec' path (and an optional "
+                                                "'prediction' object)")
         spec_path = Path(r["spec"])
         if not spec_path.is_absolute() and not spec_path.exists():
             spec_path = Path(plan_dir) / "runs" / spec_path.name

@@ -240,3 +240,18 @@ def test_the_fits_loader_names_a_bad_results_file(tmp_path_factory, content):
         assert e.field == "results/runs/r.json", str(e)
     else:
         assert len(df) == 1
+
+
+@FAST
+@given(st.one_of(json_values, mutated({"plan_id": "p", "runs": [{"run_id": "r", "spec": "SPEC", "prediction": None}]})))
+def test_plan_files(tmp_path_factory, body):
+    """``clipa run PLAN_DIR`` reads plan.json (planner.plan.load_plan): any content loads or is one ClipaError."""
+    from planner.plan import load_plan
+
+    d = tmp_path_factory.mktemp("plan", numbered=True)
+    (d / "spec.yaml").write_text(yaml.safe_dump(VALID))
+    (d / "plan.json").write_text(json.dumps(body, allow_nan=True).replace('"SPEC"', json.dumps(str(d / "spec.yaml"))))
+    try:
+        load_plan(d)
+    except ClipaError as e:
+        _one_line_naming(e)
