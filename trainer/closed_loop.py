@@ -65,7 +65,7 @@ def evaluate_run(spec: RunSpec, run_dir: Path, trained: Any | None = None, limit
     if cached.exists():
         try:
             ev = json.loads(cached.read_text())
-            if ev.get("run_id") == spec.run_id:
+            if isinstance(ev, dict) and ev.get("run_id") == spec.run_id:
                 return ev
         except json.JSONDecodeError:
             pass  # a torn file from an old crash: evaluate again (writes are atomic now)
@@ -90,7 +90,7 @@ def _started_at(run_dir: Path):
     if p.exists():
         try:
             return datetime.fromisoformat(json.loads(p.read_text())["started_at"])
-        except (ValueError, KeyError, json.JSONDecodeError):
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):  # damaged: start the clock again
             pass
     now = utcnow()
     atomic_write_text(p, json.dumps({"started_at": now.isoformat()}) + "\n")

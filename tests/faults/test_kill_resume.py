@@ -188,3 +188,14 @@ def test_kill_at_ten_points_then_resume_equals_uninterrupted(tiny_data, tmp_path
     for must in ("step>=1", "step>=5", "after stage 1", "step>=9", "step>=12", "evaluating"):
         assert must in killed, outcomes
     assert len(killed) >= 7, outcomes
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"started_at": 5}', '{"started_at": "yesterday"}', "{", "null"])
+def test_a_damaged_started_file_restarts_the_clock(tmp_path, content):
+    """started.json in a run folder is rewritten atomically, but a folder copied or edited by hand may hold
+    anything: the run takes a new start time instead of failing."""
+    from trainer.closed_loop import STARTED_FILE, _started_at
+
+    (tmp_path / STARTED_FILE).write_text(content)
+    started = _started_at(tmp_path)
+    assert json.loads((tmp_path / STARTED_FILE).read_text())["started_at"] == started.isoformat()
