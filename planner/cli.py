@@ -311,6 +311,8 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
         f"objective {body['objective']}; fit {body['fit_version']}"
     )
     console.print(f"{body['candidates_considered']:,} candidates priced, {body['candidates_within_budget']:,} within budget")
+    for note in body.get("notes", []):
+        console.print(f"note: {note}")
     t = Table(title="best plans within budget", show_lines=False)
     for col, j in (("#", "right"), ("model", "left"), ("schedule", "left"), ("device-h", "right"), ("USD", "right"),
                    ("top-1 %", "right"), ("80% interval", "right"), ("flags", "left")):

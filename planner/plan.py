@@ -20,7 +20,7 @@ import pandas as pd
 
 from planner import paths
 from planner.cost import cost_stages
-from planner.datasets import canonical_dataset
+from planner.datasets import canonical_dataset, is_local
 from planner.errors import ClipaError
 from planner.hardware import catalog, default_pricing, get_hardware
 from planner.schedule import format_schedule
@@ -135,8 +135,13 @@ def make_plan(
     pred = predictor(candidate_features(affordable, space, dataset))
     ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]])
     key = "predicted_top1" if objective == "mean" else "low"
-    # Ties (equal predictions) go to the cheaper candidate.
+    # Ties (equal predictions) go to the cheaper candidate. On a local study (a pilot's few runs) an extrapolated
+    # candidate's mean is a guess: the closed loop picked an unpiloted long fine-tune predicted at 73% that scored
+    # 16%. So there, candidates inside the study's range go first whenever any fit the budget.
     ranked = ranked.sort_values([key, "cost_usd"], ascending=[False, True])
+    in_range_first = is_local(dataset) and bool((~ranked["extrapolated"]).any())
+    if in_range_first:
+        ranked = pd.concat([ranked[~ranked["extrapolated"]], ranked[ranked["extrapolated"]]])
     chosen_row = next(ranked.itertuples())
     chosen = _candidate_dict(chosen_row, space, dataset)
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
@@ -155,6 +160,7 @@ def make_plan(
 
     request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
                "objective": objective, "fit_version": fit_version}
+    request_notes = ["local study: candidates inside the pilot's range ranked first"] if in_range_first else []
     if fields:
         request["data"] = fields["data"]
     if overhead is not None:
@@ -168,6 +174,7 @@ def make_plan(
         "plan_id": plan_id,
         **request,
         "candidates_considered": considered,
+        "notes": request_notes,
         "candidates_within_budget": int(len(affordable)),
         "chosen": {**chosen, "run_id": spec.run_id, "spec": str(spec_path)},
         "runners_up": runners,
