@@ -195,6 +195,12 @@ def hardware_cmd(json_out: JsonOpt = False) -> None:
     console.print(t)
 
 
+def _error_line(text: str) -> None:
+    """One line on stderr, whatever the message quotes: user input with newlines or control characters is escaped."""
+    clean = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+    err_console.print(clean, markup=False, highlight=False, soft_wrap=True)
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the typer app: ClipaError -> one line on stderr, exit code 2; never a traceback for bad input."""
     from pydantic import ValidationError
@@ -205,10 +211,10 @@ def run_app(argv: list[str] | None = None) -> int:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rv = app(args=argv, standalone_mode=False)
     except ClipaError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _error_line(f"error: {e}")
         return 2
     except ValidationError as e:
-        err_console.print(f"error: {from_validation_error(e)}", markup=False, highlight=False, soft_wrap=True)
+        _error_line(f"error: {from_validation_error(e)}")
         return 2
     except typer.Exit as e:
         return e.exit_code
@@ -227,7 +233,7 @@ def run_app(argv: list[str] | None = None) -> int:
             return 2
         name = getattr(getattr(e, "ctx", None), "command_path", None) or "clipa"
         msg = " ".join(e.format_message().split())
-        err_console.print(f"error: {msg} (see: {name} --help)", markup=False, highlight=False, soft_wrap=True)
+        _error_line(f"error: {msg} (see: {name} --help)")
         return 2
     return rv if isinstance(rv, int) else 0
 
