@@ -433,3 +433,35 @@ def _default(o):
 def header(name: str, args: Any = None) -> dict[str, Any]:
     return {"benchmark": name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "versions": versions(), "args": vars(args) if args is not None and hasattr(args, "__dict__") else args}
+
+
+def merge_previous(path: str | Path, rows: list[dict], key: Callable[[dict], Any]) -> list[dict]:
+    """Rows of a re-run merged with the rows already in ``path`` (a re-measurement of a contended figure adds its
+    samples to the earlier ones instead of replacing them): samples of the same configuration are pooled (each sample
+    keeps its own ``steps``), the rest of the row comes from the new run; rows only in the old file are kept."""
+    path = Path(path)
+    if not path.exists():
+        return rows
+    try:
+        old = json.loads(path.read_text()).get("rows", [])
+    except (OSError, json.JSONDecodeError):
+        return rows
+    old_by = {key(r): r for r in old if "timing" in r or "samples" in r}
+    out = []
+    for r in rows:
+        o = old_by.pop(key(r), None)
+        if o is not None:
+            tk = "timing" if "timing" in r else None
+            new_t = r[tk] if tk else r
+            old_t = o[tk] if tk and tk in o else o
+            if "samples" in new_t and "samples" in old_t:
+                pooled = old_t["samples"] + new_t["samples"]
+                merged = summarize(pooled, max(new_t.get("n_used", 3), 1))
+                if tk:
+                    r[tk] = merged
+                else:
+                    r.update(merged)
+                r["merged_runs"] = o.get("merged_runs", 1) + 1
+        out.append(r)
+    out.extend(old_by.values())
+    return out

@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="2048,4096")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--label", default="default")
+    ap.add_argument("--merge", action="store_true", help="pool samples with those already in --out")
     ap.add_argument("--out", default=str(bc.RESULTS / "peak.json"))
     args = ap.parse_args()
 
@@ -60,6 +61,8 @@ def main() -> None:
             rows.append(row)
             print(f"peak[{args.label}] {dt} n={n}: {row['gflops']} GFLOP/s (best {row['gflops_best']}), "
                   f"cpu/wall {r['cpu_wall']}, others {r['others']}, clean {r['clean']}/{r['tries']}", flush=True)
+    if args.merge:
+        rows = bc.merge_previous(args.out, rows, lambda r: (r["dtype"], r["n"]))
     out["rows"] = rows
     f32 = [r["gflops"] for r in rows if r["dtype"] == "float32"]
     out["peak_float32_gflops"] = max(f32) if f32 else None

@@ -88,6 +88,21 @@ def classify(name: str, instrs: dict, comps: dict) -> str:
     return "other elementwise"
 
 
+def _by_kind_op(per_step: dict, instrs: dict, comps: dict, total: float) -> list[dict]:
+    """Time per (kind, originating JAX primitive, forward/backward): which part of the model the time belongs to."""
+    agg: collections.Counter = collections.Counter()
+    n: collections.Counter = collections.Counter()
+    for k, v in per_step.items():
+        op = OP_NAMES.get(k) or "?"
+        direction = "backward" if op.startswith("transpose(") else ("forward" if op != "?" else "?")
+        prim = op.rsplit("/", 1)[-1]
+        key = (classify(k, instrs, comps), prim, direction)
+        agg[key] += v
+        n[key] += 1
+    return [{"kind": a, "primitive": b, "pass": c, "s": round(v, 4), "share": round(v / total, 4), "ops": n[(a, b, c)]}
+            for (a, b, c), v in agg.most_common(30)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help='JSON: {"model", "res", "text", "batch", optional "mask", ...}')
@@ -150,6 +165,9 @@ def main() -> None:
                      "share": round(v / total_ops, 4), "calls_per_step": cnt[k] / args.steps}
                     for k, v in sorted(per_step.items(), key=lambda kv: -kv[1])[:25]],
         "hlo_instructions": len(instrs),
+        "by_kind_and_jax_op": _by_kind_op(per_step, instrs, comps, total_ops),
+        "ops": [[k, classify(k, instrs, comps), OP_NAMES.get(k), round(v, 5)]
+                for k, v in sorted(per_step.items(), key=lambda kv: -kv[1])],
     })
     print(f"{out['label']}: step {step_s:.3f} s traced ({out['step_s_untraced']:.3f} untraced), op time "
           f"{total_ops:.3f} s, matmul share {100 * (out['matmul_share_of_op_time'] or 0):.0f}%, "

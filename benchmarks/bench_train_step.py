@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--time-budget-s", type=float, default=120.0, help="per configuration (sequential) or in all")
     ap.add_argument("--memory-limit-gb", type=float, default=15.0,
                     help="skip a configuration whose XLA peak estimate exceeds this (after trying its fallbacks)")
+    ap.add_argument("--merge", action="store_true",
+                    help="pool the timing samples with those of the same configurations already in --out")
     ap.add_argument("--label", default="train_step")
     ap.add_argument("--out", default=str(bc.RESULTS / "train_step.json"))
     args = ap.parse_args()
@@ -168,7 +170,8 @@ def main() -> None:
                   f"{row['achieved_gflops']:.1f} GFLOP/s, compile {sb.compile['compile_wall_s']:.1f} s "
                   f"({sb.compile['compiles']} compiles), mem est {sb.memory and sb.memory.get('peak_estimate_gb')} GB, "
                   f"cpu/wall {r['cpu_wall']}, others {r['others']}, clean {r['clean']}/{r['tries']}", flush=True)
-            bc.write_json(args.out, {**out, "rows": rows, "partial": True})
+            if not args.merge:
+                bc.write_json(args.out, {**out, "rows": rows, "partial": True})
             del sb
     else:
         benches = {}
@@ -191,6 +194,8 @@ def main() -> None:
             print(f"{row['label']}: step {row['step_s']:.4f} s, {row['achieved_gflops']:.1f} GFLOP/s, "
                   f"cpu/wall {res[name]['cpu_wall']}, others {res[name]['others']}, clean {res[name]['clean']}",
                   flush=True)
+    if args.merge:
+        rows = bc.merge_previous(args.out, rows, lambda r: r.get("label"))
     out["rows"] = rows
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
     out["compile_events"] = log.since(0)
