@@ -338,6 +338,20 @@ def build(quick: bool = False) -> dict:
     gpu_real = load("gpu_train_step", "")
     profiles = {k: load(k, prefix) for k in ("profile_B224", "profile_S64")}
     calib = mfu_calibration(rows, peak)
+    variants = {}
+    for pth in sorted(RESULTS.glob(f"{prefix}variants_*.json")):
+        if prefix or not pth.name.startswith("quick_"):
+            try:
+                variants[pth.stem[len(prefix) + len("variants_"):]] = json.loads(pth.read_text())
+            except json.JSONDecodeError:
+                pass
+    extras = {}
+    for pth in sorted(RESULTS.glob(f"{prefix}extra_*.json")):
+        if prefix or not pth.name.startswith("quick_"):
+            try:
+                extras[pth.stem[len(prefix) + len("extra_"):]] = json.loads(pth.read_text())
+            except json.JSONDecodeError:
+                pass
 
     # ---- figures and targets ----------------------------------------------------------------------------------------
     figs: dict[str, Any] = {}
@@ -395,7 +409,7 @@ def build(quick: bool = False) -> dict:
         or bc.versions(), "runlog": runlog, "peak": peak, "peak_variants": peak_variants, "train_step": rows,
         "token_reduction": tr, "stage_change": stage and {k: stage.get(k) for k in ("verdict", "runs", "stages")},
         "input_pipeline": inp, "trainer_consumption": consumption, "planner": planner,
-        "mfu_calibration": calib, "profiles": profiles, "gpu_smoke": gpu_smoke, "gpu": gpu_real,
+        "mfu_calibration": calib, "profiles": profiles, "variants": variants, "extras": extras, "gpu_smoke": gpu_smoke, "gpu": gpu_real,
         "figures": figs, "targets": {k: {"value": targets[k][0], "target": TARGETS.get(k), "met": met[k],
                                          "provisional": est.get(k) == "cpu"} for k in targets},
     }
