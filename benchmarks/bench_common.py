@@ -393,6 +393,27 @@ class StepBench:
         return {"steps": steps, "loss": loss}
 
 
+_PROBE: dict = {}
+
+
+def peak_probe(n: int = 2048, calls: int = 6) -> dict[str, Any]:
+    """One sample of the float32 matmul rate *now* (about 0.5 s): lets a step be compared with the peak of the same
+    minute, since clean samples on this VM still drift by ~10-25% between runs (host-level noise)."""
+    import jax
+    import jax.numpy as jnp
+
+    if "fn" not in _PROBE:
+        _PROBE["fn"] = jax.jit(lambda a, b: a @ b)
+        _PROBE["a"] = jnp.ones((n, n), jnp.float32) * 0.5
+        _PROBE["b"] = jnp.ones((n, n), jnp.float32) * 0.25
+        _PROBE["fn"](_PROBE["a"], _PROBE["b"]).block_until_ready()
+    with Meter() as m:
+        for _ in range(calls):
+            c = _PROBE["fn"](_PROBE["a"], _PROBE["b"])
+        c.block_until_ready()
+    return m.record(gflops=2 * n**3 * calls / m.wall / 1e9)
+
+
 def clear_jax_caches() -> None:
     import jax
 

@@ -94,7 +94,8 @@ def _by_kind_op(per_step: dict, instrs: dict, comps: dict, total: float) -> list
     n: collections.Counter = collections.Counter()
     for k, v in per_step.items():
         op = OP_NAMES.get(k) or "?"
-        direction = "backward" if op.startswith("transpose(") else ("forward" if op != "?" else "?")
+        direction = ("backward" if op.startswith("transpose(") else "forward" if "jvp(" in op
+                     else "optimizer / loss" if op != "?" else "?")
         prim = op.rsplit("/", 1)[-1]
         key = (classify(k, instrs, comps), prim, direction)
         agg[key] += v

@@ -158,10 +158,13 @@ def main() -> None:
                 rows.append({**{k: c[k] for k in ("model", "res", "text", "batch")}, "label": label(c),
                              "skipped": f"does not fit in {args.memory_limit_gb} GB", "tried": tried})
                 continue
+            probes = [bc.peak_probe()]  # (its first call compiles the probe: before the mark)
             mark = log.mark()
             k, first = steps_for(sb, args.sample_s)
             r = bc.repeat(lambda: sb.run(k), repeats=args.repeats, time_budget_s=args.time_budget_s)
+            probes.append(bc.peak_probe())
             row = row_from(cc, sb, r, k, log.since(mark)["compiles"])
+            row["peak_probes"] = probes  # float32 2048^3 matmul just before and after the timing
             row["first_step_s"] = first
             if len(tried) > 1:
                 row["fit_attempts"] = tried
@@ -185,8 +188,10 @@ def main() -> None:
             print(f"compiled {label(cc)}: {sb.compile['compile_wall_s']:.1f} s, first step {first:.3f} s, "
                   f"{k} steps per sample", flush=True)
         mark = log.mark()
-        res = bc.interleaved({name: (lambda sb=sb, k=k: sb.run(k)) for name, (cc, sb, k) in benches.items()},
-                             repeats=args.repeats, time_budget_s=args.time_budget_s)
+        fns = {name: (lambda sb=sb, k=k: sb.run(k)) for name, (cc, sb, k) in benches.items()}
+        fns["__peak_probe__"] = lambda: {"gflops_probe": bc.peak_probe()["gflops"]}  # the peak, in every round
+        res = bc.interleaved(fns, repeats=args.repeats, time_budget_s=args.time_budget_s)
+        out["peak_probe"] = res.pop("__peak_probe__")
         recompiles = log.since(mark)["compiles"]
         for name, (cc, sb, k) in benches.items():
             row = row_from(cc, sb, res[name], k, recompiles)
