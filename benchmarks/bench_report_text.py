@@ -175,6 +175,12 @@ def _train(r) -> list[str]:
                       f"{x['clean']}/{x['tries']}"])
     L += table(["model", "px/text", "batch", "step s", "samples/s", "GFLOP/s", "MFU", "MFU (same-minute peak)",
                 "compile s", "compiles/re", "XLA mem GB", "peak RSS GB", "cpu/wall", "others", "clean/tries"], trows)
+    probes = [x["peak_probe_gflops"] for x in uniq if x.get("peak_probe_gflops")]
+    if probes:
+        L += ["", f"*MFU (same-minute peak)*: against a 2048² float32 matmul timed in the same process just before and "
+                  f"after the configuration. That probe itself read {min(probes):.0f}-{max(probes):.0f} GFLOP/s across "
+                  "configurations (host-level drift, and the state of a process holding 10 GB), so it is a diagnostic; "
+                  "the MFU column uses the dedicated peak measurement of section 1."]
     skipped = [x for x in r["train_step"] if "skipped" in x]
     for x in skipped:
         L += ["", f"Skipped: {x['label']}: {x['skipped']}."]
