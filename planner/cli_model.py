@@ -306,13 +306,7 @@ def refit(
         d["studies"] = {ds: {**_study_dict(st), "param_sd": st.param_sd()} for ds, st in fit.studies.items()}
         print_json(_clean(d))
         return
-    t = Table(title=f"Accuracy model fit {fit.version} ({path})")
-    for col in ("parameter", "value", "sd", "natural value"):
-        t.add_column(col, justify="right" if col != "parameter" else "left")
-    for k, v in fit.params.items():
-        nat = f"{math.exp(v):.4g}" if k.startswith("ln_") else ""
-        t.add_row(k, f"{v:.4g}", f"{sd[k]:.3g}" if k in sd else "fixed", nat)
-    console.print(t)
+    console.print(_param_table(f"Accuracy model fit {fit.version} ({path})", fit.params, sd, "fixed"))
     m = fit.metrics
     fams = ", ".join(f"{k} {v:.2f}" for k, v in m.get("mae_by_family", {}).items())
     console.print(
@@ -324,6 +318,17 @@ def refit(
         print_study(st)
 
 
+def _param_table(title: str, params: dict[str, float], sd: dict[str, float], not_free: str) -> Table:
+    """Fitted parameters with their standard deviations; ``ln_`` parameters also in natural units."""
+    t = Table(title=title)
+    for col in ("parameter", "value", "sd", "natural value"):
+        t.add_column(col, justify="right" if col != "parameter" else "left")
+    for k, v in params.items():
+        nat = f"{math.exp(v):.4g}" if k.startswith("ln_") else ""
+        t.add_row(k, f"{v:.4g}", f"{sd[k]:.3g}" if k in sd else not_free, nat)
+    return t
+
+
 def _study_dict(st) -> dict[str, Any]:
     d = st.to_dict()
     d.pop("cov")
@@ -333,13 +338,8 @@ def _study_dict(st) -> dict[str, Any]:
 def print_study(st) -> None:
     """One local study's fitted reduced law (``planner.studies``) as a table."""
     sd = st.param_sd()
-    t = Table(title=f"Study {st.study} fit {st.version} ({st.metrics['rows']} runs, chance {st.chance:.2f}%)")
-    for col in ("parameter", "value", "sd", "natural value"):
-        t.add_column(col, justify="right" if col != "parameter" else "left")
-    for k, v in st.params.items():
-        nat = f"{math.exp(v):.4g}" if k.startswith("ln_") else ""
-        t.add_row(k, f"{v:.4g}", f"{sd[k]:.3g}" if k in sd else "shared", nat)
-    console.print(t)
+    title = f"Study {st.study} fit {st.version} ({st.metrics['rows']} runs, chance {st.chance:.2f}%)"
+    console.print(_param_table(title, st.params, sd, "shared"))
     m = st.metrics
     console.print(f"in-sample MAE {m['mae']:.2f} points (max {m['max_abs_error']:.2f}); residual noise "
                   f"{st.sigma:.2f}; dof {m['dof']:.1f}; at a bound: {', '.join(m['at_bound']) or 'none'}")
