@@ -46,8 +46,11 @@ def maybe_initialize_distributed() -> None:
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
-        jax.distributed.initialize()  # Cloud TPU: everything is discovered from the TPU metadata
+    elif os.environ.get("CLIPA_DISTRIBUTED") == "1" or (
+            "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
+        # Cloud TPU: coordinator, process count and id come from the TPU VM metadata. The launcher sets
+        # CLIPA_DISTRIBUTED=1 because an ssh session on a queued-resource VM need not have TPU_WORKER_HOSTNAMES.
+        jax.distributed.initialize()
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

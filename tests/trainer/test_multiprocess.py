@@ -1,7 +1,10 @@
-"""Multi-host SPMD on one machine: two processes with two fake CPU devices each train the same spec as one process
-with one device. Each process feeds only its half of every batch (jax.make_array_from_process_local_data), the
-checkpoint holds both processes' data positions, and the losses match the single-device run step by step (to
-rtol 1e-5: the 4-device reductions add in another order)."""
+"""Multi-host SPMD on one machine: two processes with four fake CPU devices each train the same spec as one process
+with eight devices. Each process feeds only its half of every batch (jax.make_array_from_process_local_data), the
+checkpoint holds both processes' data positions, and the losses and final parameters match the single-process run
+(to rtol 1e-5: the cross-process reductions over Gloo may add in another order).
+
+Also: how ``maybe_initialize_distributed`` decides to join a multi-host run (the Cloud TPU branch, which cannot run
+here, is checked against the call it makes)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
-from trainer_helpers import HERE, REPO, run_python, subprocess_env
+from trainer_helpers import HERE, REPO, eight_devices, run_python, subprocess_env
 
+from trainer import mesh
 from trainer.checkpoint import Checkpoints
 from trainer.telemetry import read_metrics
 
@@ -25,25 +31,63 @@ def _free_port() -> int:
 @pytest.mark.slow  # three JAX processes (~40 s)
 def test_two_processes_train_like_one(tmp_path):
     worker = str(HERE / "_multiprocess_worker.py")
-    single = run_python([worker, str(tmp_path / "one")])
-    assert (single["processes"], single["devices"]) == (1, 1)
+    single = run_python([worker, str(tmp_path / "one")], env_extra=eight_devices())
+    assert (single["processes"], single["devices"]) == (1, 8)
 
     port = _free_port()
     procs = []
     for pid in range(2):
         env = subprocess_env({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-                              "JAX_PROCESS_ID": str(pid), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                              "JAX_PROCESS_ID": str(pid), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
         procs.append(subprocess.Popen([sys.executable, worker, str(tmp_path / "two")], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
-        assert '"processes": 2, "devices": 4' in out
+        assert '"processes": 2, "devices": 8' in out
 
     one = [r["loss"] for r in read_metrics(tmp_path / "one") if r["kind"] == "step"]
     two = [r["loss"] for r in read_metrics(tmp_path / "two") if r["kind"] == "step"]  # written by process 0 only
     assert len(one) == len(two) == 4
     assert two == pytest.approx(one, rel=1e-5)
+    params_one, params_two = (np.load(tmp_path / d / "final_params.npz") for d in ("one", "two"))
+    assert sorted(params_one.files) == sorted(params_two.files) and len(params_one.files) > 10
+    for name in params_one.files:
+        a, b = params_two[name], params_one[name]
+        if name.endswith("['qkv']['bias']"):
+            # The key bias shifts every logit of a query equally, so softmax makes its true gradient exactly 0; what
+            # is left is rounding noise that Adam scales up to lr-sized steps. Compare query and value biases only.
+            width = a.shape[-1] // 3
+            a, b = np.delete(a, np.s_[width:2 * width], axis=-1), np.delete(b, np.s_[width:2 * width], axis=-1)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
     store = Checkpoints(tmp_path / "two" / "checkpoints", read_only=True)
     meta = store.meta(store.latest_step())
     assert meta["data_states"] == [{"kind": "synthetic", "stage": 0, "step": 4}] * 2
+
+
+@pytest.fixture
+def record_initialize(monkeypatch):
+    """Replace JAX's join (it would block waiting for a coordinator) with a recorder of how it was called."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    for var in ("JAX_COORDINATOR_ADDRESS", "CLIPA_DISTRIBUTED", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    return calls
+
+
+def test_single_machine_does_not_join(record_initialize, monkeypatch):
+    mesh.maybe_initialize_distributed()
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")  # a single-host TPU VM
+    mesh.maybe_initialize_distributed()
+    assert record_initialize == []
+
+
+def test_tpu_vm_joins_with_discovery(record_initialize, monkeypatch):
+    # What the launcher's ssh command sets on every worker of a slice: no coordinator address, discover it.
+    monkeypatch.setenv("CLIPA_DISTRIBUTED", "1")
+    mesh.maybe_initialize_distributed()
+    monkeypatch.delenv("CLIPA_DISTRIBUTED")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")  # GKE-style multi-host environment
+    mesh.maybe_initialize_distributed()
+    assert record_initialize == [((), {}), ((), {})]
