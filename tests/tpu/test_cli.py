@@ -63,7 +63,7 @@ def test_up_deletes_what_it_could_not_finish(fake, capsys):
 def test_run_reports_failure_with_exit_2_and_outcome_json(tmp_path, fake, capsys):
     spec = write_spec(tmp_path / "spec.json")
     code, out, err = cli(["tpu", "run", str(spec), "--run-dir", str(tmp_path / "run"), *COMMON, *FAST,
-                          "--endpoint", fake.address, "--bucket", "gs://my-bucket/runs", "--provision-timeout",
+                          "--endpoint", fake.address, "--bucket", f"file://{tmp_path}/bucket", "--provision-timeout",
                           "0.2", "--local-workers", str(tmp_path / "vms"), "--json"], capsys)
     assert code == 2
     outcome = json.loads(out)

@@ -1,5 +1,5 @@
 """``--dry-run`` prints the exact requests and commands of a launch, calls nothing, and what trainer/tpu/README.md
-shows is exactly what the commands print (v5e-64 spot and v6e-256 on-demand)."""
+and the README's TPU section show is exactly what the commands print (v5e-64 spot and v6e-256 on-demand)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 from planner.cli import run_app
 from trainer.cli import build_app
 
-README = Path(__file__).resolve().parents[2] / "trainer" / "tpu" / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+READMES = [REPO / "trainer" / "tpu" / "README.md", REPO / "README.md"]
 
 
-def _blocks():
-    text = README.read_text()
+def _blocks(readme: Path = READMES[0]):
+    text = readme.read_text()
     spec = re.search(r"<!-- dry-run-spec -->\n```yaml\n(.*?)\n```", text, re.S).group(1)
     runs = re.findall(r"<!-- dry-run-command -->\n```console\n\$ (.*?)\n```\n\n```json\n(.*?)\n```", text, re.S)
     return spec, runs
@@ -39,10 +40,18 @@ def test_readme_has_both_examples():
     assert qr6["tpu"]["nodeSpec"][0]["node"]["runtimeVersion"] == "v2-alpha-tpuv6e"
     assert len(v5e["worker_commands"]["start"]) == 8 and len(v6e["worker_commands"]["start"]) == 32
     assert [c[8] for c in v6e["worker_commands"]["start"]] == [f"--worker={i}" for i in range(32)]
+    # The bucket is mounted on every worker before the trainer starts, and the trainer gets the mounted path.
+    for doc, bucket, run in ((v5e, "my-clipa-bucket", "clipa-demo"), (v6e, "my-clipa-bucket-east5", "demo-v6e")):
+        mount = doc["worker_commands"]["setup"][-1]
+        assert mount[8] == "--worker=all" and "gcsfuse --implicit-dirs --rename-dir-limit=" in mount[-1]
+        assert mount[-1].endswith(f" {bucket} gcs; }}")
+        assert all(f"--run-dir gcs/runs/{run} " in c[-1] and "gs://" not in c[-1]
+                   for c in doc["worker_commands"]["start"])
 
 
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(REPO)))
 @pytest.mark.parametrize("index", [0, 1])
-def test_readme_output_is_exactly_what_the_command_prints(tmp_path, capsys, monkeypatch, index):
+def test_readme_output_is_exactly_what_the_command_prints(tmp_path, capsys, monkeypatch, index, readme):
     import trainer.tpu.api as api
 
     def refuse(*a, **k):
@@ -52,7 +61,7 @@ def test_readme_output_is_exactly_what_the_command_prints(tmp_path, capsys, monk
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
     monkeypatch.chdir(tmp_path)  # the examples use the relative run dir runs/demo
-    spec_text, runs = _blocks()
+    spec_text, runs = _blocks(readme)
     (tmp_path / "spec.yaml").write_text(spec_text + "\n")
     command, expected = runs[index]
     argv = shlex.split(command)

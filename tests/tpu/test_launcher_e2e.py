@@ -118,14 +118,14 @@ class _PreemptedDuringSetup(LocalExec):
         self._fake = fake
         self.setups = 0
 
-    def setup(self, node, hosts, files, install):
+    def setup(self, node, hosts, files, install, remote_run_dir=None):
         self.setups += 1
         if self.setups == 1:
             self._fake.fake.preempt(node)
             from trainer.tpu.workers import WorkerSetupError
 
             raise WorkerSetupError(f"scp on {node} failed with exit code 255: Connection closed")
-        super().setup(node, hosts, files, install)
+        super().setup(node, hosts, files, install, remote_run_dir)
 
 
 def test_preemption_during_setup_is_requeued(tmp_path, fake, tpu_api):

@@ -94,7 +94,7 @@ def test_worker_commands_quote_every_argument(tmp_path):
     remote = start[-1].removeprefix("--command=")
     inner = remote.split(" && ", 1)[1].rsplit(" 2>&1", 1)[0]
     assert shlex.split(inner) == ["env", "CLIPA_DISTRIBUTED=1", "venv/bin/python", "-m", "trainer.cli", "train",
-                                  "spec.json", "--run-dir", "gs://my-bucket/runs/clipa-odd-name-1"]
+                                  "spec.json", "--run-dir", "gcs/runs/clipa-odd-name-1"]
     assert plan["run_name"] == "clipa-odd-name-1"
     options = TpuOptions.create(**BASE, slice=8, trainer_args=("--synthetic", "--steps=3"))
     plan = dry_run(spec, tmp_path / "run", options, workers=GcloudSshExec(options.project, options.zone))

@@ -2,11 +2,11 @@
 
 Owns the launch lifecycle: create a queued resource (spot or guaranteed tier from the pricing name), wait for it
 to become ACTIVE (polling with backoff, retrying quota errors, giving up at a deadline), copy the spec (and the
-source) to every worker, start ``python -m trainer.cli train spec.json --run-dir BUCKET/RUN`` on every worker with
-``CLIPA_DISTRIBUTED=1``, stream worker 0's output, watch for preemption (node PREEMPTED, queued resource
-SUSPENDED/FAILED) or a worker crash, requeue (delete, create a new slice ``RUN-aN``; the trainer resumes from the
-checkpoint in the same run dir), fetch the run dir's top-level files when it finishes, and delete every resource it
-created on success, failure and interrupt (try/finally, with SIGTERM/SIGHUP turned into KeyboardInterrupt and
+source) to every worker, mount the run dir's bucket there (Cloud Storage FUSE), start ``python -m trainer.cli train
+spec.json --run-dir MOUNT/PREFIX/RUN`` on every worker with ``CLIPA_DISTRIBUTED=1``, stream worker 0's output, watch
+for preemption (node PREEMPTED, queued resource SUSPENDED/FAILED) or a worker crash, requeue (delete, create a new
+slice ``RUN-aN``; the trainer resumes from the checkpoint in the same run dir), fetch the run dir's top-level files
+when it finishes, and delete every resource it created on success, failure and interrupt (try/finally, with SIGTERM/SIGHUP turned into KeyboardInterrupt and
 signals deferred while tearing down). Cost is measured per attempt (``outcome``).
 
 ``dry_run`` renders the same plan (exact API requests and worker commands) without calling anything.
@@ -373,7 +373,7 @@ class Launcher:
         attempt.hosts = hosts
         self.say(f"{qr_id}: READY with {hosts} worker(s); setting up")
         try:
-            self.workers.setup(qr_id, hosts, self.plan.files(), opts.install)
+            self.workers.setup(qr_id, hosts, self.plan.files(), opts.install, self.plan.remote_run_dir)
         except WorkerSetupError:
             # A slice preempted during setup breaks ssh/scp too: that is a preemption, not a broken setup.
             lost = self._slice_lost(qr_id)
@@ -636,7 +636,7 @@ def dry_run(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *, 
                      f"{plan.qr_id(2)}, {plan.qr_id(3)}, ... (at most {o.max_attempts})"},
         ],
         "worker_commands": {
-            "setup": workers.setup_commands(qr_id, plan.files(), o.install),
+            "setup": workers.setup_commands(qr_id, plan.files(), o.install, plan.remote_run_dir),
             "start": [workers.start_command(qr_id, w, plan.trainer_argv(), workers.distributed_env(qr_id, w, s.hosts))
                       for w in range(s.hosts)],
             "fetch": ([fetch_list_command(plan.remote_run_dir),

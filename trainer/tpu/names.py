@@ -141,3 +141,12 @@ def safe_arg(value: str, field: str) -> str:
     if not isinstance(value, str) or not _SAFE_ARG.match(value) or ".." in value.split("/"):
         raise ClipaError(field, f"{_show(value)} contains characters not allowed in a worker command")
     return value
+
+
+def gs_parts(value: str, field: str = "bucket") -> tuple[str, str]:
+    """``gs://BUCKET/PATH`` -> (``BUCKET``, ``PATH``), both checked (PATH may be empty)."""
+    text = bucket_url(value, field)
+    if not text.startswith("gs://"):
+        raise ClipaError(field, f"{_show(value)} is not a gs:// URL")
+    bucket, _, path = text[len("gs://"):].partition("/")
+    return bucket, path

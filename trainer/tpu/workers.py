@@ -36,6 +36,19 @@ WORKDIR = "clipa-run"
 LOG_NAME = "train.log"
 SOURCE_ARCHIVE = "clipa-src.tar.gz"
 SPEC_NAME = "spec.json"
+# Where the run dir's bucket is mounted on every worker (Cloud Storage FUSE), relative to WORKDIR, which is the
+# trainer's working directory. The trainer gets the mounted path as --run-dir, so everything it writes (spec, metrics,
+# TensorBoard, eval.json, orbax checkpoints) stays plain local-file IO and lands in the bucket, where a requeued slice
+# finds it after a preemption.
+MOUNT_DIR = "gcs"
+GCSFUSE_OPTIONS = (
+    "--implicit-dirs",  # prefixes written by another host (or gcloud storage) show up as directories
+    # orbax finalizes a checkpoint by renaming its temporary step directory, which gcsfuse refuses unless the
+    # directory has fewer objects than this (it renames by copy + delete, object by object: not atomic)
+    "--rename-dir-limit=200000",
+    # no stat/type caching: every host sees the files the others wrote at once (multi-host orbax saves and restores)
+    "--metadata-cache-ttl-secs=0",
+)
 
 
 class WorkerProcess:
@@ -119,11 +132,14 @@ class WorkerExec(ABC):
         self.redactor = redactor or Redactor()
 
     @abstractmethod
-    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
-        """Copy ``files`` into every worker's WORKDIR; with ``install``, install the shipped source there."""
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool,
+                       remote_run_dir: str | None = None) -> list[list[str]]:
+        """Copy ``files`` into every worker's WORKDIR; with ``install``, install the shipped source there; make
+        ``remote_run_dir`` reachable as the path ``local_run_dir`` returns (on a TPU VM: mount its bucket)."""
 
     @abstractmethod
-    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None: ...
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool,
+              remote_run_dir: str | None = None) -> None: ...
 
     @abstractmethod
     def start_command(self, node: str, worker: int, argv: Sequence[str], env: Mapping[str, str]) -> list[str]: ...
@@ -141,10 +157,11 @@ class WorkerExec(ABC):
     def logs_command(self, node: str, worker: int, follow: bool) -> list[str]: ...
 
     def local_run_dir(self, remote_run_dir: str) -> str:
-        """The --run-dir argument the trainer gets for a bucket URL (gs:// passes through)."""
+        """The --run-dir argument the trainer gets for the run dir URL: always a local path (``clipa train`` refuses
+        URLs). Here ``file://PATH`` -> ``PATH``; ``GcloudSshExec`` maps ``gs://`` into its bucket mount."""
         if remote_run_dir.startswith("file://"):
             return remote_run_dir[len("file://"):]
-        return remote_run_dir
+        raise ClipaError("bucket", f"{remote_run_dir}: these workers can only use a file:// run dir")
 
 
 # The interpreter the trainer runs with after the install step (relative to WORKDIR): a Python 3.11 venv, because
@@ -169,6 +186,38 @@ def install_script() -> str:
         f"{uv} venv --quiet --python 3.11 venv",
         f"{uv} pip install --quiet --python {VENV_PYTHON} -e ./clipa {shlex.quote(jax_req)}",
     ])
+
+
+def gcsfuse_install_script() -> str:
+    """Install Cloud Storage FUSE from Google's apt repository (TPU VM images are Ubuntu), as Google documents it.
+    Constants only. ``DPkg::Lock::Timeout``: a fresh VM may still be running unattended-upgrades."""
+    apt = "sudo apt-get -o DPkg::Lock::Timeout=600 -qq"
+    key = "/usr/share/keyrings/cloud.google.asc"
+    # Double quotes on purpose: the remote shell fills in the Ubuntu release name.
+    repo = f'"deb [signed-by={key}] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main"'
+    return " && ".join([
+        f"echo {repo} | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null",
+        f"curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee {key} >/dev/null",
+        f"{apt} update",
+        f"{apt} install -y gcsfuse",
+    ])
+
+
+def mount_script(remote_run_dir: str) -> str:
+    """The remote mount step, run in WORKDIR on every worker: install gcsfuse if the image lacks it and mount the run
+    dir's bucket at MOUNT_DIR (unless something is mounted there already). The bucket name is validated
+    (``names.gs_parts``) and quoted; everything else is a constant. No unmount: the VM is deleted afterwards."""
+    bucket, _ = names.gs_parts(remote_run_dir, "bucket")
+    mount = shlex.join(["gcsfuse", *GCSFUSE_OPTIONS, bucket, MOUNT_DIR])
+    return (f"mkdir -p {MOUNT_DIR} && {{ command -v gcsfuse >/dev/null || {{ {gcsfuse_install_script()}; }}; }} && "
+            f"{{ mountpoint -q {MOUNT_DIR} || {mount}; }}")
+
+
+def mounted_run_dir(remote_run_dir: str) -> str:
+    """Where ``gs://BUCKET/PATH`` is on a worker once ``mount_script`` ran: ``MOUNT_DIR/PATH``, relative to WORKDIR
+    (the trainer's working directory; ``clipa train`` makes it absolute)."""
+    _, path = names.gs_parts(remote_run_dir, "bucket")
+    return f"{MOUNT_DIR}/{path}" if path else MOUNT_DIR
 
 
 def build_source_archive(dest: Path) -> Path:
@@ -213,7 +262,8 @@ class GcloudSshExec(WorkerExec):
         return self._base("ssh", node, worker) + ["--ssh-flag=-oServerAliveInterval=30",
                                                   "--ssh-flag=-oServerAliveCountMax=4", f"--command={remote}"]
 
-    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool,
+                       remote_run_dir: str | None = None) -> list[list[str]]:
         cmds = [self._ssh(node, "all", f"mkdir -p {WORKDIR}")]
         cmds.append([self.gcloud, "compute", "tpus", "tpu-vm", "scp", *(str(f) for f in files),
                      f"{names.resource_id(node)}:{WORKDIR}/", f"--project={self.project}", f"--zone={self.zone}",
@@ -221,10 +271,17 @@ class GcloudSshExec(WorkerExec):
         if install:
             remote = f"cd {WORKDIR} && {install_script()}"
             cmds.append(self._ssh(node, "all", remote))
+        if remote_run_dir is not None:
+            cmds.append(self._ssh(node, "all", f"cd {WORKDIR} && {mount_script(remote_run_dir)}"))
         return cmds
 
-    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None:
-        for argv in self.setup_commands(node, files, install):
+    def local_run_dir(self, remote_run_dir: str) -> str:
+        """``gs://BUCKET/PATH`` -> ``gcs/PATH``: the bucket is mounted at WORKDIR/gcs by the setup step."""
+        return mounted_run_dir(remote_run_dir)
+
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool,
+              remote_run_dir: str | None = None) -> None:
+        for argv in self.setup_commands(node, files, install, remote_run_dir):
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
                 tail = self.redactor.redact(proc.stdout.decode("utf-8", "replace"))[-2000:]
@@ -275,10 +332,13 @@ class LocalExec(WorkerExec):
     def worker_dir(self, node: str, worker: int) -> Path:
         return self.root / names.resource_id(node) / f"worker-{worker}" / WORKDIR
 
-    def setup_commands(self, node: str, files: Sequence[Path], install: bool) -> list[list[str]]:
+    def setup_commands(self, node: str, files: Sequence[Path], install: bool,
+                       remote_run_dir: str | None = None) -> list[list[str]]:
+        # The run dir is a file:// folder every local worker reaches directly: nothing to mount.
         return [["cp", str(f), str(self.root / node / "worker-*" / WORKDIR) + "/"] for f in files]
 
-    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool) -> None:
+    def setup(self, node: str, hosts: int, files: Sequence[Path], install: bool,
+              remote_run_dir: str | None = None) -> None:
         for w in range(hosts):
             d = self.worker_dir(node, w)
             d.mkdir(parents=True, exist_ok=True)
