@@ -179,3 +179,35 @@ def test_tokenizer_training_is_deterministic(tmp_path):
     """The same captions give a byte-identical tokenizer (CLIP's </w> suffix would not: see tokenizer.py)."""
     paths = [train_tokenizer(CAPTIONS * 3, vocab_size=350).save(tmp_path / f"t{i}.json") for i in range(3)]
     assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+
+
+def test_word_cache_fast_path_matches_the_library(tok):
+    """``encode``'s word-level fast path (printable ASCII) gives exactly the library's ids, for every kind of text."""
+    rng = np.random.default_rng(3)
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") + list(" \t\n\r.,;:!?'\"-()[]{}<>/\\@#$%^&*_+=~`|")
+    texts = list(CAPTIONS) + [
+        "", " ", "  leading and trailing  ", "multi\t\twhite \n\r space", "it's the dog's ball, isn't it? I'LL go",
+        "''s 's 'S 'sa x'sy 're've'm'll'd", "r2d2 and c3po: 1,234.5 -- 99%", "<pad> a <start_of_text> b <end_of_text>",
+        "A <PAD> in capitals", "no<pad>space", "Café crème", "tab\x0bvertical\x0cfeed", "ctrl\x1fsep", "emoji 🙂 here",
+        "ALL CAPS SENTENCE WITH NUMBERS 42", "....!!!???", "a" * 300,
+    ]
+    for _ in range(300):
+        n = int(rng.integers(0, 60))
+        texts.append("".join(rng.choice(alphabet, n)))
+    for t in texts:
+        lib = tok._tok.encode(t, add_special_tokens=False).ids
+        assert tok.encode(t) == lib, repr(t)
+        assert tok.encode(t) == lib, repr(t)  # again, now from the word cache
+    assert tok._words  # the trained tokenizer uses the fast path (and filled the cache)
+    assert tok.encode_batch(texts[:10]) == [tok._tok.encode(t, add_special_tokens=False).ids for t in texts[:10]]
+
+
+def test_word_cache_is_off_for_other_pipelines(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    t = Tokenizer(models.WordLevel({"<|startoftext|>": 0, "<|endoftext|>": 1, "a": 2, "cat": 3, "[UNK]": 4},
+                                   unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    ct = ClipTokenizer(t)
+    assert ct._words is None
+    assert ct.encode("a cat") == [2, 3]

@@ -15,7 +15,9 @@ and padding is always id 0, as in CLIP.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +32,12 @@ _SOT_NAMES = (SOT, "<|startoftext|>", "<s>", "[CLS]", "<bos>")
 _EOT_NAMES = (EOT, "<|endoftext|>", "</s>", "[SEP]", "<eos>")
 # CLIP's pre-tokenisation regex (simple_tokenizer.py), in the tokenizers library's regex dialect.
 CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+# The word-level fast path of ``ClipTokenizer.encode`` (see there): CLIP_PATTERN for lower-cased ASCII text, and the
+# characters for which Python's and the tokenizers library's regex classes (\s, \p{L}, \p{N}) provably agree.
+_ASCII_PATTERN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+_ASCII_SAFE = re.compile(r"[\x20-\x7e\t\n\r]*")
+WORD_CACHE_SIZE = 200_000  # distinct words whose ids are kept (a few tens of MB at most)
 
 # Rust-side parallelism would fight the decode threads for the two cores, and forks after it has started warn loudly.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,6 +82,9 @@ class ClipTokenizer:
             )
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._special = {self.sot_id, self.eot_id, self.pad_id}
+        self._words: dict[str, list[int]] | None = {} if _is_clip_bpe(tokenizer) else None
+        added = tokenizer.get_added_tokens_decoder().values() if hasattr(tokenizer, "get_added_tokens_decoder") else None
+        self._added = None if added is None else [a.content for a in added] + [a.content.lower() for a in added]
 
     # --- loading / saving -------------------------------------------------------------------------------------
     @classmethod
@@ -107,11 +118,44 @@ class ClipTokenizer:
 
     # --- encoding ---------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Content token ids of one text (no start/end tokens; the file's own post-processor is bypassed)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        """Content token ids of one text (no start/end tokens; the file's own post-processor is bypassed).
+
+        Fast path (tokenizers trained here, printable-ASCII text): the library's pipeline is normalise (NFC, collapse
+        whitespace, strip, lower-case), split into words with CLIP_PATTERN, then BPE each word on its own. For such
+        text that is exactly ``lower()`` + a plain-``re`` split + per-word ids, and the ids of a word never change, so
+        they are cached (the library's own cache only covers the BPE merges; its per-call normalisation,
+        pre-tokenisation and ``Encoding`` construction cost ~8x the cached lookup). Any other text, a text containing
+        an added token's literal (``<pad>``...), or a tokenizer with another pipeline goes through the library.
+        ``tests/data/test_data_text.py`` checks the two paths give identical ids.
+        """
+        words = self._words
+        if words is None or not _ASCII_SAFE.fullmatch(text) or self._has_added(text):
+            return self._tok.encode(text, add_special_tokens=False).ids
+        pieces = _ASCII_PATTERN.findall(text.lower())
+        got = [words.get(w) for w in pieces]
+        if None in got:
+            missing = list(dict.fromkeys(w for w, g in zip(pieces, got) if g is None))
+            fresh = {w: e.ids for w, e in zip(missing, self._tok.encode_batch(missing, add_special_tokens=False))}
+            if len(words) + len(fresh) > WORD_CACHE_SIZE:
+                words.clear()
+            words.update(fresh)  # (decode threads share the cache; each call reads only its own `got`/`fresh`)
+            got = [g if g is not None else fresh[w] for w, g in zip(pieces, got)]
+        out: list[int] = []
+        for g in got:
+            out += g
+        return out
+
+    def _has_added(self, text: str) -> bool:
+        if self._added is None:
+            return True
+        for a in self._added:
+            if a in text:
+                return True
+        low = text.lower()
+        return any(a in low for a in self._added)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids if int(i) not in self._special]
@@ -124,6 +168,28 @@ class ClipTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         return reduce_texts(texts, self, text_len, "truncate")
+
+
+def _pipeline_config(tok) -> dict:
+    d = json.loads(tok.to_str())
+    model = d.get("model") or {}
+    return {"normalizer": d.get("normalizer"), "pre_tokenizer": d.get("pre_tokenizer"), "model": model.get("type"),
+            "dropout": model.get("dropout"), "padding": d.get("padding"), "truncation": d.get("truncation")}
+
+
+_CLIP_BPE_CONFIG: dict | None = None
+
+
+def _is_clip_bpe(tok) -> bool:
+    """Whether ``tok`` normalises and pre-tokenises exactly as ``_new_clip_bpe`` (deterministic BPE, no padding or
+    truncation): only then is the word-level fast path of ``ClipTokenizer.encode`` the same function."""
+    global _CLIP_BPE_CONFIG
+    try:
+        if _CLIP_BPE_CONFIG is None:
+            _CLIP_BPE_CONFIG = _pipeline_config(_new_clip_bpe())
+        return _pipeline_config(tok) == _CLIP_BPE_CONFIG
+    except Exception:  # an exotic tokenizer object: use the library for everything
+        return False
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> ClipTokenizer:
