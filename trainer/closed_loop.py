@@ -5,6 +5,9 @@ on the spec's evaluation data, and writes ``results/runs/<run-id>.json`` atomica
 and accuracy next to the prediction the plan made. It is idempotent: a run with a result is skipped, a killed run
 resumes from its last checkpoint, a finished-but-unevaluated run is evaluated, an evaluated-but-unrecorded run is
 recorded from its saved ``eval.json``. A run that fails records nothing as a result and says why.
+
+``execute_tpu_run`` does the same on a Cloud TPU slice (the launcher trains and evaluates there and fetches the
+results); both build their record with ``build_result`` and differ in where the cost comes from.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def preflight(spec: RunSpec) -> None:
     for field, value in (("data", spec.data), ("eval_data", spec.eval_data)):
         if "://" not in value and not Path(value).exists():
             raise ClipaError(field, f"{value} does not exist")
+
+
+def tpu_preflight(spec: RunSpec) -> None:
+    """What a TPU VM cannot reach: data given as a path on this machine (it needs a URL, e.g. gs://...)."""
+    for field, value in (("data", spec.data), ("eval_data", spec.eval_data)):
+        if value and "://" not in value:
+            raise ClipaError(field, f"run {spec.run_id}: {value} is a path on this machine, which the TPU workers "
+                                    "cannot read; give a gs:// URL")
 
 
 def predict_now(spec: RunSpec) -> RecordedPrediction:
@@ -104,6 +115,49 @@ def _pct(x: float | None) -> float | None:
     return float(x) * 100.0 if float(x) <= 1.0 else float(x)
 
 
+def build_result(
+    spec: RunSpec,
+    ev: dict[str, Any],
+    meter: dict[str, float],
+    *,
+    backend: str,
+    started,
+    device_hours: float,
+    cost_usd: float,
+    peak_flops: float,
+    prediction: RecordedPrediction | None,
+    plan_id: str | None,
+    extra: dict[str, float | str | int | bool | None] | None = None,
+) -> RunResult:
+    """The record of a finished, evaluated run: what both backends share. ``meter`` is the trainer's cost meter
+    (samples, flops, training wall and device seconds); what the run cost (``device_hours``, ``cost_usd``) is the
+    backend's to say: the local meter, or the TPU slices' billed node-hours."""
+    wall = float(meter.get("wall_s", 0.0))
+    device_s = float(meter.get("device_s", 0.0))
+    finished = utcnow()
+    retrieval = {k: _pct(v) for k, v in (ev.get("retrieval") or {}).items() if isinstance(v, (int, float))}
+    return RunResult(
+        run_id=spec.run_id,
+        spec=spec,
+        plan_id=plan_id,
+        backend=backend,
+        eval_task=eval_task(spec),
+        started_at=started,
+        finished_at=finished,
+        wall_seconds=max((finished - started).total_seconds(), 0.0),
+        device_hours=device_hours,
+        cost_usd=cost_usd,
+        samples_per_second=(meter.get("samples", 0) / wall) if wall > 0 else 0.0,
+        mfu=(meter.get("flops", 0.0) / (device_s * peak_flops)) if device_s > 0 else 0.0,
+        top1=_pct(ev["top1"]),
+        top5=_pct(ev.get("top5")),
+        retrieval=retrieval,
+        prediction=prediction,
+        extra={"planned_cost_usd": float(meter.get("usd", 0.0)), "train_wall_seconds": wall,
+               "eval_n": int(ev.get("n", 0)), **(extra or {})},
+    )
+
+
 def execute_run(
     spec: RunSpec,
     run_dir: Path,
@@ -117,7 +171,6 @@ def execute_run(
     if has_result(spec.run_id, runs_dir):
         return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
     preflight(spec)
-    from planner.cost import seconds_per_sample  # noqa: F401  (keeps the one cost model in view)
     from planner.hardware import get_hardware
     from trainer.loop import train
     from trainer.model import TrainedModel
@@ -132,33 +185,118 @@ def execute_run(
     ev = evaluate_run(spec, run_dir, trained, limit=eval_limit)
     meter = _meter(run_dir)
     hw = get_hardware(spec.hardware)
-    rate = hw.price(spec.pricing).usd_per_device_hour
     device_hours = meter.get("device_s", 0.0) / 3600.0
-    wall = meter.get("wall_s", 0.0)
-    finished = utcnow()
-    retrieval = {k: _pct(v) for k, v in (ev.get("retrieval") or {}).items() if isinstance(v, (int, float))}
-    result = RunResult(
-        run_id=spec.run_id,
-        spec=spec,
+    result = build_result(spec, ev, meter, backend="local", started=started, device_hours=device_hours,
+                          cost_usd=device_hours * hw.price(spec.pricing).usd_per_device_hour,
+                          peak_flops=hw.peak_flops, prediction=prediction, plan_id=plan_id)
+    write_result(result, runs_dir)
+    return RunOutcome(spec.run_id, "recorded", result)
+
+
+# --- Cloud TPU -------------------------------------------------------------------------------------------------------
+OUTCOME_FILE = "outcome.json"  # RUN_DIR/tpu/outcome.json, written by the launcher
+
+
+def execute_tpu_run(
+    spec: RunSpec,
+    run_dir: Path,
+    options: Any,
+    prediction: RecordedPrediction | None = None,
+    plan_id: str | None = None,
+    runs_dir: Path | None = None,
+    **launch: Any,
+) -> RunOutcome:
+    """Train ``spec`` on a Cloud TPU slice (``trainer.tpu.launcher.run_on_tpu`` with ``options``, a TpuOptions; the
+    ``launch`` keywords go to it), then record it as ``execute_run`` does, from the files the launcher fetched into
+    ``run_dir`` (eval.json, which ``clipa train`` writes at the end, and train_summary.json) and the launch outcome:
+    cost = the billed chip-hours of every slice (preempted ones included, and those of earlier launches of this run
+    that failed or were interrupted) x the catalog price; hardware = the slice's catalog entry.
+
+    Idempotent like ``execute_run``: a run with a result is skipped; a launch that succeeded but was not recorded is
+    recorded without launching again; otherwise the launch resumes from the checkpoints in the bucket. A launch that
+    fails records nothing and raises a ClipaError saying why.
+    """
+    if has_result(spec.run_id, runs_dir):
+        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    preflight(spec)
+    from trainer.tpu.launcher import LAUNCHER_DIR, run_on_tpu
+
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = _started_at(run_dir)
+    tpu_dir = run_dir / LAUNCHER_DIR
+    last = _read_outcome(tpu_dir / OUTCOME_FILE)
+    if last is not None and not (last.status == "succeeded" and _finished_files(spec, run_dir)):
+        # An earlier launch that did not finish (failed, interrupted, killed): keep its record, it was paid for.
+        n = 1 + sum(1 for _ in tpu_dir.glob("outcome-*.json"))
+        (tpu_dir / OUTCOME_FILE).replace(tpu_dir / f"outcome-{n}.json")
+        last = None
+    if last is None:
+        last = run_on_tpu(spec, run_dir, options, **launch)
+        if last.status != "succeeded":
+            why = (last.error or last.status).removeprefix("tpu: ")  # the launcher's errors name the field already
+            raise ClipaError("tpu", f"run {spec.run_id}: {why} (nothing recorded; the launch record is in "
+                                    f"{tpu_dir / OUTCOME_FILE})")
+        if last.fetch_error:
+            raise ClipaError("tpu", f"run {spec.run_id}: trained, but fetching its results from "
+                                    f"{last.remote_run_dir} failed: {last.fetch_error}")
+    files = _finished_files(spec, run_dir)
+    if files is None:
+        raise ClipaError("eval_data", f"run {spec.run_id}: the trainer left no {EVAL_FILE} and "
+                                      f"{_summary_name()} for run {spec.run_id} in {last.remote_run_dir} (multi-host "
+                                      "runs are not evaluated by `clipa train` yet); nothing recorded")
+    ev, summary = files
+    outcomes = [*(o for p in sorted(tpu_dir.glob("outcome-*.json")) if (o := _read_outcome(p)) is not None), last]
+    from planner.hardware import get_hardware
+
+    hw = get_hardware(last.hardware)
+    chip_hours = sum(o.chip_hours for o in outcomes)
+    result = build_result(
+        spec, ev, dict(summary.get("cost") or {}), backend="tpu", started=started, device_hours=chip_hours,
+        cost_usd=sum(o.cost_usd for o in outcomes), peak_flops=hw.peak_flops, prediction=prediction,
         plan_id=plan_id,
-        backend="local",
-        eval_task=eval_task(spec),
-        started_at=started,
-        finished_at=finished,
-        wall_seconds=max((finished - started).total_seconds(), 0.0),
-        device_hours=device_hours,
-        cost_usd=device_hours * rate,
-        samples_per_second=(meter.get("samples", 0) / wall) if wall > 0 else 0.0,
-        mfu=(meter.get("flops", 0.0) / (meter.get("device_s", 0.0) * hw.peak_flops)) if meter.get("device_s") else 0.0,
-        top1=_pct(ev["top1"]),
-        top5=_pct(ev.get("top5")),
-        retrieval=retrieval,
-        prediction=prediction,
-        extra={"planned_cost_usd": float(meter.get("usd", 0.0)), "train_wall_seconds": float(wall),
-               "eval_n": int(ev.get("n", 0))},
+        extra={"hardware": last.hardware, "pricing": last.pricing, "accelerator_type": last.accelerator_type,
+               "chips": last.chips, "usd_per_chip_hour": last.usd_per_chip_hour,
+               "tpu_launches": len(outcomes), "tpu_attempts": sum(len(o.attempts) for o in outcomes),
+               "tpu_preemptions": sum(o.preemptions for o in outcomes),
+               "tpu_node_hours": sum(o.node_hours for o in outcomes), "tpu_chip_hours": chip_hours,
+               "remote_run_dir": last.remote_run_dir},
     )
     write_result(result, runs_dir)
     return RunOutcome(spec.run_id, "recorded", result)
+
+
+def _summary_name() -> str:
+    from trainer.train_cli import SUMMARY_FILE
+
+    return SUMMARY_FILE
+
+
+def _read_outcome(path: Path):
+    """A launch record written by the launcher, or None when there is none (or it is unreadable: a torn write)."""
+    from pydantic import ValidationError
+
+    from trainer.tpu.outcome import TpuRunOutcome
+
+    try:
+        return TpuRunOutcome.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def _finished_files(spec: RunSpec, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(eval.json, train_summary.json) of this run in ``run_dir``, or None when either is missing or belongs to
+    another run."""
+    docs = []
+    for name in (EVAL_FILE, _summary_name()):
+        try:
+            doc = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("run_id") != spec.run_id:
+            return None
+        docs.append(doc)
+    return docs[0], docs[1]
 
 
 def _meter(run_dir: Path) -> dict[str, float]:

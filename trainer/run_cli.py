@@ -12,6 +12,10 @@ from typing import Annotated, Optional
 import typer
 
 from planner.errors import ClipaError
+# The launch options of `clipa tpu run`, defined once there (that module imports nothing heavy).
+from trainer.tpu.cli import (BucketOpt, DryRunOpt, EndpointOpt, HardwareOpt, LocalWorkersOpt, MaxAttemptsOpt,
+                             NoInstallOpt, PollOpt, PricingOpt, ProjectOpt, ProvisionTimeoutOpt, SliceOpt,
+                             TrainerArgOpt, ZoneOpt)
 
 
 def _runs_root(run_dir: Path | None) -> Path:
@@ -31,6 +35,16 @@ def _targets(target: Path):
     return None, [(load_spec(target), {})]
 
 
+def _print_outcome(status: str, r) -> None:
+    from planner.cli import console
+
+    p = r.prediction
+    pred_txt = f"predicted {p.predicted_top1:.1f} [{p.low:.1f}, {p.high:.1f}]" if p else "no prediction"
+    where = f" on {r.extra.get('accelerator_type')} ({r.extra.get('pricing')})" if r.backend == "tpu" else ""
+    console.print(f"{status}: run {r.run_id} {r.model} {r.spec.schedule}{where}: top-1 {r.top1:.2f}% ({pred_txt}), "
+                  f"{r.device_hours:.4f} device-hours, ${r.cost_usd:.4f}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
@@ -40,14 +54,32 @@ def register(app: typer.Typer) -> None:
         eval_limit: Annotated[Optional[int], typer.Option(help="evaluate on at most this many held-out samples")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="print the recorded results as JSON")] = False,
+        dry_run: DryRunOpt = False,
+        # --backend tpu: the options of `clipa tpu run` (trainer/tpu/README.md); every spec runs on its own slice
+        # named clipa-<run id>, in the run dir BUCKET/clipa-<run id>.
+        project: ProjectOpt = None,
+        zone: ZoneOpt = None,
+        bucket: BucketOpt = None,
+        hardware: HardwareOpt = None,
+        slice_: SliceOpt = 8,
+        pricing: PricingOpt = None,
+        no_install: NoInstallOpt = False,
+        provision_timeout: ProvisionTimeoutOpt = 6 * 3600.0,
+        max_attempts: MaxAttemptsOpt = 20,
+        trainer_arg: TrainerArgOpt = None,
+        poll_interval: PollOpt = 60.0,
+        endpoint: EndpointOpt = None,
+        local_workers: LocalWorkersOpt = None,
     ) -> None:
         """Execute every run of a plan (or one spec): train (resuming), evaluate zero-shot, record the result.
 
         Each result lands in results/runs/<run-id>.json with the measured cost, speed and accuracy and the plan's
-        prediction. Rerunning after a crash finishes what is missing and never records a run twice.
+        prediction. Rerunning after a crash finishes what is missing and never records a run twice. With
+        --backend tpu each run trains on a Cloud TPU slice (options as `clipa tpu run`) and its cost is what the
+        slices cost, preempted ones included. --dry-run prints what each run would do and does nothing.
         """
-        from planner.cli import console, print_json
-        from planner.runs import RecordedPrediction
+        from planner.cli import print_json
+        from planner.runs import RecordedPrediction, has_result
 
         if backend not in ("local", "tpu"):
             raise ClipaError("backend", f"{backend!r} is not 'local' or 'tpu'")
@@ -55,19 +87,49 @@ def register(app: typer.Typer) -> None:
         if not runs:
             raise ClipaError("plan", f"{target} lists no runs")
         root = _runs_root(run_dir)
-        if backend == "tpu":
-            raise ClipaError(
-                "backend",
-                "clipa run --backend tpu: use 'clipa tpu run SPEC --project P --zone Z --bucket gs://B' for each "
-                "spec of the plan (see trainer/tpu/README.md); recording TPU results from a plan is not wired yet",
-            )
-        from trainer.closed_loop import execute_run, preflight
-        from trainer.loop import TrainingInterrupted
-        from trainer.telemetry import NonFiniteError
-        from trainer.train_cli import EXIT_NON_FINITE
+        from trainer.closed_loop import preflight, tpu_preflight
 
         for spec, _ in runs:  # every run's inputs are checked before the first one starts
             preflight(spec)
+        launch: dict[str, tuple] = {}
+        if backend == "tpu":
+            from trainer.tpu.cli import launch_options
+            from trainer.tpu.launcher import make_workers
+
+            for spec, _ in runs:
+                if local_workers is None:
+                    tpu_preflight(spec)
+                options = launch_options(spec, project=project, zone=zone, bucket=bucket, hardware=hardware,
+                                         slice_=slice_, pricing=pricing, name=f"clipa-{spec.run_id}",
+                                         no_install=no_install, provision_timeout=provision_timeout,
+                                         max_attempts=max_attempts, trainer_arg=trainer_arg,
+                                         poll_interval=poll_interval)
+                hosts = options.slice_info().hosts
+                if hosts > 1:
+                    # Checked before anything is bought: nothing could be recorded from such a run.
+                    raise ClipaError("slice", f"{options.slice_info().accelerator_type} has {hosts} hosts, and `clipa "
+                                              "train` evaluates only single-process runs, so no result could be "
+                                              "recorded; use a single-host slice (e.g. --slice 8) or `clipa tpu run`")
+                launch[spec.run_id] = (options, make_workers(options, local_workers))
+        if dry_run:
+            plan_out = []
+            for spec, _ in runs:
+                item = {"run_id": spec.run_id, "run_dir": str(root / spec.run_id)}
+                if has_result(spec.run_id):
+                    item["action"] = "skip (already recorded)"
+                elif backend == "local":
+                    item["action"] = "train locally, evaluate, record"
+                else:
+                    from trainer.tpu.launcher import dry_run as tpu_dry_run
+
+                    options, workers = launch[spec.run_id]
+                    item["action"] = "train on a TPU slice, fetch eval.json, record"
+                    item["launch"] = tpu_dry_run(spec, root / spec.run_id, options, workers=workers)
+                plan_out.append(item)
+            from trainer.tpu.launcher import print_json as print_commands
+
+            print_commands({"plan_id": plan_id, "backend": backend, "runs": plan_out})
+            return
         recorded = []
         for spec, pred in runs:
             prediction = RecordedPrediction(**pred) if pred else None
@@ -75,22 +137,34 @@ def register(app: typer.Typer) -> None:
                 from trainer.closed_loop import predict_now
 
                 prediction = predict_now(spec)
-            try:
-                out = execute_run(spec, root / spec.run_id, prediction=prediction, plan_id=plan_id,
-                                  progress=progress, eval_limit=eval_limit)
-            except NonFiniteError as e:  # as `clipa train` reports them: one line, no traceback
-                sys.stderr.write(f"error: run {spec.run_id}: {e}\n")
-                raise typer.Exit(EXIT_NON_FINITE) from None
-            except TrainingInterrupted as e:
-                sys.stderr.write(f"run {spec.run_id}: {e}\n")
-                raise typer.Exit(128 + e.signum) from None
-            r = out.result
-            recorded.append(r)
+            if backend == "tpu":
+                from trainer.closed_loop import execute_tpu_run
+
+                options, workers = launch[spec.run_id]
+                out = execute_tpu_run(spec, root / spec.run_id, options, prediction=prediction, plan_id=plan_id,
+                                      workers=workers, endpoint=endpoint)
+            else:
+                out = _execute_local(spec, root, prediction, plan_id, progress, eval_limit)
+            recorded.append(out.result)
             if not json_out:
-                p = r.prediction
-                pred_txt = f"predicted {p.predicted_top1:.1f} [{p.low:.1f}, {p.high:.1f}]" if p else "no prediction"
-                console.print(f"{out.status}: run {r.run_id} {r.model} {r.spec.schedule}: top-1 {r.top1:.2f}% "
-                              f"({pred_txt}), {r.device_hours:.4f} device-hours, ${r.cost_usd:.4f}")
+                _print_outcome(out.status, out.result)
         if json_out:
             print_json({"plan_id": plan_id, "results": [r.model_dump(mode="json") for r in recorded]})
         sys.stdout.flush()
+
+
+def _execute_local(spec, root: Path, prediction, plan_id, progress: bool, eval_limit: int | None):
+    from trainer.closed_loop import execute_run
+    from trainer.loop import TrainingInterrupted
+    from trainer.telemetry import NonFiniteError
+    from trainer.train_cli import EXIT_NON_FINITE
+
+    try:
+        return execute_run(spec, root / spec.run_id, prediction=prediction, plan_id=plan_id, progress=progress,
+                           eval_limit=eval_limit)
+    except NonFiniteError as e:  # as `clipa train` reports them: one line, no traceback
+        sys.stderr.write(f"error: run {spec.run_id}: {e}\n")
+        raise typer.Exit(EXIT_NON_FINITE) from None
+    except TrainingInterrupted as e:
+        sys.stderr.write(f"run {spec.run_id}: {e}\n")
+        raise typer.Exit(128 + e.signum) from None

@@ -3,6 +3,7 @@
 * ``clipa train SPEC [--run-dir DIR] [--synthetic]`` runs or resumes a spec (``trainer.loop.train``). The run
   directory defaults to ``runs/<run_id>`` under the project root (``CLIPA_HOME``). Compiled programs are cached in
   ``RUN_DIR/jax_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a resumed run does not compile again.
+  At the end it writes ``RUN_DIR/train_summary.json`` (steps, final loss, cost meter).
   Exit codes: 0 done; 2 bad input (one line, as every command); 3 non-finite loss/gradient (the last good
   checkpoint is kept); 128 + signal number after SIGTERM/SIGINT (a checkpoint was saved; rerun to resume).
 * ``clipa eval CHECKPOINT_OR_RUN_DIR --data DIR`` zero-shot evaluates a checkpoint with
@@ -25,6 +26,9 @@ import typer
 from planner.errors import ClipaError
 
 EXIT_NON_FINITE = 3
+# Written by process 0 into the run dir when training is complete: what the run measured (its cost meter), for callers
+# that only see the run dir's top-level files (the TPU launcher fetches those; checkpoints stay in the bucket).
+SUMMARY_FILE = "train_summary.json"
 
 
 def default_run_dir(spec) -> Path:
@@ -99,6 +103,10 @@ def register(app: typer.Typer) -> None:
         }
         import jax
 
+        if jax.process_index() == 0:
+            from planner.store import atomic_write_text
+
+            atomic_write_text(rd / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
         if evaluate and s.eval_data and jax.process_count() == 1:
             from trainer.closed_loop import evaluate_run
             from trainer.model import TrainedModel

@@ -20,8 +20,10 @@ from planner.errors import ClipaError
 tpu_app = typer.Typer(name="tpu", help="Run specs on Cloud TPU slices, and provision, inspect and delete slices.",
                       no_args_is_help=True)
 
-ProjectOpt = Annotated[str, typer.Option("--project", help="GCP project id", envvar="CLIPA_TPU_PROJECT")]
-ZoneOpt = Annotated[str, typer.Option("--zone", help="zone, e.g. us-central1-a", envvar="CLIPA_TPU_ZONE")]
+# The options of a launch, defined once: `clipa tpu run` and `clipa run --backend tpu` both take them (the latter with
+# --project/--zone optional, since only the tpu backend needs them), and ``launch_options`` turns them into TpuOptions.
+ProjectOpt = Annotated[Optional[str], typer.Option("--project", help="GCP project id", envvar="CLIPA_TPU_PROJECT")]
+ZoneOpt = Annotated[Optional[str], typer.Option("--zone", help="zone, e.g. us-central1-a", envvar="CLIPA_TPU_ZONE")]
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="tpu-v4, tpu-v5e, tpu-v5p or tpu-v6e "
                                                     "(default: the spec's, if a TPU, else tpu-v5e)")]
 SliceOpt = Annotated[int, typer.Option("--slice", help="chips in the slice, e.g. 64 for v5e-64 (v5litepod-64)")]
@@ -35,6 +37,12 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the API reques
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 PollOpt = Annotated[float, typer.Option("--poll-interval", help="longest wait between state polls, seconds (the "
                                         "first polls come sooner)")]
+NoInstallOpt = Annotated[bool, typer.Option("--no-install", help="the workers' image already has this checkout and "
+                                            "jax[tpu] installed")]
+ProvisionTimeoutOpt = Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
+MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")]
+TrainerArgOpt = Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa train` on "
+                                                             "the workers (repeatable)")]
 # Hidden: a loopback endpoint (the fake server or an emulator) and local worker processes, for tests and demos.
 EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", hidden=True, envvar="CLIPA_TPU_ENDPOINT")]
 LocalWorkersOpt = Annotated[Optional[Path], typer.Option("--local-workers", hidden=True)]
@@ -56,10 +64,28 @@ def _options(project: str, zone: str, hardware: str | None, slice_: int, pricing
                              bucket=bucket, name=name, **extra)
 
 
+def launch_options(spec: Any, *, project: str | None, zone: str | None, bucket: str | None, hardware: str | None,
+                   slice_: int, pricing: str | None, name: str | None, no_install: bool, provision_timeout: float,
+                   max_attempts: int, trainer_arg: list[str] | None, poll_interval: float):
+    """The TpuOptions of running ``spec`` on a slice, from the launch options above (shared by `clipa tpu run` and
+    `clipa run --backend tpu`); a run needs a project, a zone and a bucket."""
+    for field, value in (("project", project), ("zone", zone)):
+        if value is None:
+            raise ClipaError(field, f"a TPU run needs --{field} (or CLIPA_TPU_{field.upper()})")
+    options = _options(project, zone, hardware, slice_, pricing, bucket, name, spec, install=not no_install,
+                       provision_timeout_s=provision_timeout, max_attempts=max_attempts,
+                       trainer_args=tuple(trainer_arg or ()), **_polling(poll_interval))
+    if options.bucket is None:
+        raise ClipaError("bucket", "give --bucket gs://BUCKET[/PREFIX] (or set CLIPA_TPU_BUCKET)")
+    return options
+
+
 def _polling(poll_interval: float) -> dict[str, float]:
     if not poll_interval > 0:
         raise ClipaError("poll-interval", "must be a positive number of seconds")
-    return {"poll_initial_s": min(5.0, poll_interval), "poll_max_s": poll_interval}
+    # The running slice's state is checked every 30 s, or as often as the longest poll wait when that is shorter.
+    return {"poll_initial_s": min(5.0, poll_interval), "poll_max_s": poll_interval,
+            "monitor_interval_s": min(30.0, poll_interval)}
 
 
 def _emit(obj: Any) -> None:
@@ -93,13 +119,10 @@ def run_cmd(
     slice_: SliceOpt = 8,
     pricing: PricingOpt = None,
     name: NameOpt = None,
-    no_install: Annotated[bool, typer.Option("--no-install", help="the workers' image already has this checkout "
-                                             "and jax[tpu] installed")] = False,
-    provision_timeout: Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
-    = 6 * 3600.0,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")] = 20,
-    trainer_arg: Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa "
-                                                             "train` on the workers (repeatable)")] = None,
+    no_install: NoInstallOpt = False,
+    provision_timeout: ProvisionTimeoutOpt = 6 * 3600.0,
+    max_attempts: MaxAttemptsOpt = 20,
+    trainer_arg: TrainerArgOpt = None,
     poll_interval: PollOpt = 60.0,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
@@ -112,11 +135,9 @@ def run_cmd(
     from trainer.tpu.launcher import make_workers, run_on_tpu
 
     s = load_spec(spec)
-    options = _options(project, zone, hardware, slice_, pricing, bucket, name, s, install=not no_install,
-                       provision_timeout_s=provision_timeout, max_attempts=max_attempts,
-                       trainer_args=tuple(trainer_arg or ()), **_polling(poll_interval))
-    if options.bucket is None:
-        raise ClipaError("bucket", "give --bucket gs://BUCKET[/PREFIX] (or set CLIPA_TPU_BUCKET)")
+    options = launch_options(s, project=project, zone=zone, bucket=bucket, hardware=hardware, slice_=slice_,
+                             pricing=pricing, name=name, no_install=no_install, provision_timeout=provision_timeout,
+                             max_attempts=max_attempts, trainer_arg=trainer_arg, poll_interval=poll_interval)
     workers = make_workers(options, local_workers)
     if dry_run:
         _emit(plan_dry_run(spec, run_dir, options, workers=workers))

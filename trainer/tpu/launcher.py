@@ -569,17 +569,22 @@ def _check_storage(options: TpuOptions, workers: WorkerExec) -> None:
         raise ClipaError("bucket", "a file:// run dir is lost with a preempted VM; real slices need gs://BUCKET")
 
 
-def run_on_tpu(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *,
+def _spec(spec: RunSpec | str | Path) -> RunSpec:
+    return spec if isinstance(spec, RunSpec) else load_spec(spec)
+
+
+def run_on_tpu(spec_path: RunSpec | str | Path, run_dir: str | Path, options: TpuOptions, *,
                api: tpu_api.TpuApi | None = None, workers: WorkerExec | None = None, endpoint: str | None = None,
                worker_entry: Sequence[str] = TRAINER_ENTRY, echo: Callable[[str], None] | None = None
                ) -> TpuRunOutcome:
-    """Train ``spec_path`` on a Cloud TPU slice; the trainer's run dir is ``options.bucket/RUN_NAME``, the
-    launcher's record (outcome, logs, spec sent) goes to ``run_dir/tpu`` and the run's result files to ``run_dir``.
+    """Train ``spec_path`` (a spec file or a RunSpec) on a Cloud TPU slice; the trainer's run dir is
+    ``options.bucket/RUN_NAME`` (mounted on the workers), the launcher's record (outcome, logs, spec sent) goes to
+    ``run_dir/tpu`` and the run's result files to ``run_dir``.
 
     Returns the outcome (status ``succeeded`` or ``failed``, cost of every attempt); raises ClipaError for bad
     input before anything is created, and KeyboardInterrupt (after teardown) when interrupted.
     """
-    spec = load_spec(spec_path)
+    spec = _spec(spec_path)
     redactor = workers.redactor if workers is not None else Redactor()
     workers = workers or make_workers(options, redactor=redactor)
     _check_storage(options, workers)
@@ -601,10 +606,10 @@ def _notes(spec: RunSpec, slice_: SliceInfo) -> list[str]:
             "cost"]
 
 
-def dry_run(spec_path: str | Path, run_dir: str | Path, options: TpuOptions, *, workers: WorkerExec | None = None,
-            worker_entry: Sequence[str] = TRAINER_ENTRY) -> dict[str, Any]:
+def dry_run(spec_path: RunSpec | str | Path, run_dir: str | Path, options: TpuOptions, *,
+            workers: WorkerExec | None = None, worker_entry: Sequence[str] = TRAINER_ENTRY) -> dict[str, Any]:
     """Everything ``run_on_tpu`` would send and run for the first attempt, without calling anything."""
-    spec = load_spec(spec_path)
+    spec = _spec(spec_path)
     workers = workers or make_workers(options)
     _check_storage(options, workers)
     plan = LaunchPlan(spec, Path(run_dir), options, workers, worker_entry)
