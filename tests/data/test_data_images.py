@@ -70,3 +70,57 @@ def test_decode_is_deterministic_given_the_generator():
     b = decode_train(data, 48, np.random.default_rng(9))
     c = decode_train(data, 48, np.random.default_rng(10))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def _random_jpeg(rng: np.random.Generator, w: int, h: int, **save) -> bytes:
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 120.0)], -1)
+    noise = rng.normal(0, 25, (h, w, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buf, format="JPEG", **save)
+    return buf.getvalue()
+
+
+def test_libjpeg_turbo_path_gives_exactly_the_pillow_pixels(monkeypatch):
+    """The simplejpeg decode (same libjpeg-turbo, same scale rule) must not change a single pixel or crop."""
+    import trainer.data.images as images
+
+    if images._turbo is None:  # pragma: no cover - simplejpeg is a dependency; nothing to compare without it
+        return
+    rng = np.random.default_rng(5)
+    cases = []
+    for w, h, save in ((256, 256, {"quality": 90}), (300, 200, {"quality": 75, "subsampling": 0}),
+                       (211, 317, {"quality": 95, "progressive": True}), (640, 480, {"quality": 85}),
+                       (17, 40, {"quality": 80}), (1000, 90, {"quality": 70, "subsampling": 1})):
+        cases.append(_random_jpeg(rng, w, h, **save))
+    for data in cases:
+        assert images._turbo_size(data) is not None  # the fast path is really taken
+        for res in (16, 32, 64, 112, 224):
+            for seed in range(3):
+                ev_fast: dict[str, int] = {}
+                fast = decode_train(data, res, np.random.default_rng(seed), ev_fast)
+                fast_eval = decode_eval(data, res)
+                with monkeypatch.context() as m:
+                    m.setattr(images, "_turbo", None)
+                    ev_pil: dict[str, int] = {}
+                    pil = decode_train(data, res, np.random.default_rng(seed), ev_pil)
+                    pil_eval = decode_eval(data, res)
+                assert fast.dtype == np.uint8 and fast.flags.c_contiguous and fast.shape == (res, res, 3)
+                assert np.array_equal(fast, pil), (len(data), res, seed)
+                assert np.array_equal(fast_eval, pil_eval), (len(data), res)
+                assert ev_fast == ev_pil
+
+
+def test_turbo_refusals_fall_back_to_pillow():
+    import pytest
+
+    from trainer.data.images import BadImage
+
+    data = _random_jpeg(np.random.default_rng(1), 128, 96, quality=90)
+    with pytest.raises(BadImage):  # truncated: libjpeg-turbo refuses, Pillow decides it is bad
+        decode_train(data[: len(data) // 2], 32, np.random.default_rng(0))
+    grey = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(grey, format="JPEG")
+    events: dict[str, int] = {}
+    out = decode_train(grey.getvalue(), 32, np.random.default_rng(0), events)
+    assert out.shape == (32, 32, 3) and events.get("converted_gray") == 1  # grey JPEGs take Pillow's (counted) path

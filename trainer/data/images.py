@@ -5,10 +5,17 @@ a bilinear, antialiased resize to the stage resolution; evaluation resizes the w
 resolution (CLIPA-v2: "directly resize works better"). Normalisation happens on the device, in the model.
 
 The fast path for low resolutions, which is where CLIPA spends most of its samples:
-1. JPEG ``draft()``: libjpeg decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), choosing the smallest scale that still
-   leaves the crop at least as large as the output, so a 64 px crop of a 512 px photo decodes about 16x fewer pixels;
-2. the crop box is passed to ``resize(box=...)`` instead of cropping first (no intermediate copy);
-3. ``reducing_gap``: Pillow first shrinks by an integer factor with a fast box filter, then resamples the last
+1. reduced-size decode: libjpeg decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), choosing the smallest scale that
+   still leaves the crop at least as large as the output, so a 64 px crop of a 512 px photo decodes about 16x fewer
+   pixels;
+2. colour JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` straight into a 4-byte-per-pixel numpy buffer
+   that Pillow wraps without a copy (``Image.frombuffer``, RGBX): the same library and settings as Pillow's own JPEG
+   decoder (accurate DCT, fancy upsampling, the same scale rule), so the pixels are identical (tested), at ~30% less
+   CPU per image: Pillow's decoder adds a per-row unpack and Python-side header parsing. Grey, CMYK/YCCK and
+   non-JPEG images, and anything libjpeg-turbo refuses (truncated, corrupt), take Pillow's path, which counts the
+   conversions and turns undecodable bytes into ``BadImage``;
+3. the crop box is passed to ``resize(box=...)`` instead of cropping first (no intermediate copy);
+4. ``reducing_gap``: Pillow first shrinks by an integer factor with a fast box filter, then resamples the last
    factor below 2 bilinearly (quality within noise of a full bilinear resize at these factors).
 
 Odd inputs are converted, not rejected, and each conversion is counted in ``events``: CMYK and YCCK JPEGs, palette
@@ -24,6 +31,11 @@ import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+try:
+    import simplejpeg as _turbo
+except ImportError:  # pragma: no cover - a platform without its wheel: Pillow decodes everything (same pixels)
+    _turbo = None
 
 CROP_SCALE = (0.4, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -150,9 +162,63 @@ def _finish(img: Image.Image, res: int, box: tuple[float, float, float, float] |
     return arr
 
 
+def _turbo_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a colour (YCbCr) JPEG that the libjpeg-turbo path takes; None: use Pillow's path."""
+    if _turbo is None or data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        h, w, colorspace, _sub = _turbo.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    if colorspace != "YCbCr" or min(w, h) < 16:  # (below 16 px a smaller n/8 factor could tie in rounded size)
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > 2 * limit:  # Pillow's decompression-bomb rule (BadImage) applies
+        return None
+    return w, h
+
+
+def _turbo_finish(data: bytes, w: int, h: int, res: int, box: tuple[float, float, float, float],
+                  events: dict[str, int] | None) -> np.ndarray | None:
+    """Decode with libjpeg-turbo at the scale ``_draft`` would pick, then crop+resize as ``_finish``; None if the
+    decoder refuses the bytes (the caller falls back to Pillow, which decides whether they are a ``BadImage``)."""
+    side = min(box[2] - box[0], box[3] - box[1])
+    scale = 1
+    if side >= 2 * res:  # exactly ``_draft``'s choice (Pillow's draft rule): 1/2, 1/4 or 1/8, crop stays >= res
+        q = min(w // max(1, math.ceil(w * res / side)), h // max(1, math.ceil(h * res / side)))
+        scale = 8 if q >= 8 else 4 if q >= 4 else 2 if q >= 2 else 1
+    try:
+        # min sizes = the DCT-scaled size (ceil(size / scale)): libjpeg-turbo then picks exactly 1/scale
+        arr = _turbo.decode_jpeg(data, "RGBX", min_height=-(-h // scale) if scale > 1 else 0,
+                                 min_width=-(-w // scale) if scale > 1 else 0)
+    except (ValueError, RuntimeError, MemoryError):
+        return None
+    h1, w1 = arr.shape[:2]
+    if (w1, h1) != (w, h):
+        _bump(events, "draft_decodes")
+        sx, sy = w1 / w, h1 / h
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    if min(w1, h1) < TINY:
+        _bump(events, "tiny_image")
+    img = Image.frombuffer("RGBX", (w1, h1), arr, "raw", "RGBX", 0, 1)  # wraps the buffer, no copy
+    out = np.asarray(img.resize((res, res), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP))
+    return np.ascontiguousarray(out[:, :, :3])
+
+
 def decode_train(data: bytes, res: int, rng: np.random.Generator, events: dict[str, int] | None = None,
                  fast: bool = True) -> np.ndarray:
-    """Encoded image -> random-resized crop at ``res`` x ``res``, uint8 HWC RGB. ``fast=False`` disables draft."""
+    """Encoded image -> random-resized crop at ``res`` x ``res``, uint8 HWC RGB. ``fast=False`` disables draft (and
+    the libjpeg-turbo path: a full-size Pillow decode)."""
+    size = _turbo_size(data) if fast else None
+    if size is not None:
+        box = sample_crop(*size, rng)
+        out = _turbo_finish(data, *size, res, box, events)
+        if out is not None:
+            return out
+        img = _open(data)  # refused by libjpeg-turbo: Pillow decides (the crop drawn above is kept)
+        if img.size != size:  # pragma: no cover - a header both libraries read differently
+            box = sample_crop(*img.size, rng)
+        return _finish(img, res, _draft(img, box, res, events), events)
     img = _open(data)
     w, h = img.size
     if w <= 0 or h <= 0:
@@ -165,6 +231,11 @@ def decode_train(data: bytes, res: int, rng: np.random.Generator, events: dict[s
 
 def decode_eval(data: bytes, res: int, events: dict[str, int] | None = None, fast: bool = True) -> np.ndarray:
     """Encoded image -> the whole image resized directly to ``res`` x ``res`` (no crop), uint8 HWC RGB."""
+    size = _turbo_size(data) if fast else None
+    if size is not None:
+        out = _turbo_finish(data, *size, res, (0.0, 0.0, float(size[0]), float(size[1])), events)
+        if out is not None:
+            return out
     img = _open(data)
     w, h = img.size
     if w <= 0 or h <= 0:
