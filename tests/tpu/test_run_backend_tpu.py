@@ -12,6 +12,7 @@ import pytest
 from tpu_helpers import PROJECT, ZONE, Watcher
 
 from planner.cli import run_app
+from planner.hardware import get_hardware
 from planner.spec import load_spec, spec_from_dict
 from trainer.cli import build_app
 from trainer.tpu.fake_server import FakeConfig
@@ -89,7 +90,8 @@ def test_plan_runs_on_a_preempted_slice_and_is_recorded_once(tmp_path, tiny_data
     assert res["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in outcome["attempts"]))
     assert all(a["cost_usd"] > 0 for a in outcome["attempts"])
     assert res["device_hours"] == pytest.approx(sum(a["chip_hours"] for a in outcome["attempts"]))
-    assert res["cost_usd"] == pytest.approx(res["device_hours"] * 0.213)
+    spot = get_hardware("tpu-v5e").price("spot").usd_per_device_hour
+    assert res["cost_usd"] == pytest.approx(res["device_hours"] * spot) and outcome["usd_per_chip_hour"] == spot
     assert res["extra"]["hardware"] == "tpu-v5e" and res["extra"]["accelerator_type"] == "v5litepod-8"
     assert res["extra"]["tpu_attempts"] == 2 and res["extra"]["tpu_preemptions"] == 1
     # Accuracy: the eval.json the trainer wrote on the worker, fetched with the run's other top-level files.
