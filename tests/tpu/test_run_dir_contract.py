@@ -15,7 +15,7 @@ from planner.spec import load_spec
 from trainer.loop import local_run_dir
 from trainer.tpu.launcher import LaunchPlan, make_workers
 from trainer.tpu.options import TpuOptions
-from trainer.tpu.workers import GCSFUSE_OPTIONS, MOUNT_DIR, WORKDIR, LocalExec
+from trainer.tpu.workers import GCSFUSE_OPTIONS, MOUNT_DIR, WORKDIR, GcloudSshExec, LocalExec
 
 
 def _run_dir_arg(argv: list[str]) -> str:
@@ -68,3 +68,46 @@ def test_the_trainer_still_refuses_urls():
     with pytest.raises(ClipaError) as e:
         local_run_dir("gs://my-bucket/runs/x")
     assert e.value.field == "run_dir"
+
+
+@pytest.mark.parametrize("has_gcsfuse", [True, False])
+def test_the_mount_step_runs_under_bash(tmp_path, has_gcsfuse):
+    """The remote mount step, run by bash with stand-ins for the VM's external programs (sudo, curl, lsb_release,
+    mountpoint, gcsfuse) that record their arguments: gcsfuse is installed only when missing, then the run dir's
+    bucket is mounted at WORKDIR/MOUNT_DIR with the contract's options."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    (home / WORKDIR).mkdir(parents=True)
+    record = 'echo "$(basename "$0") $*" >> "$HOME/calls"\n'
+    tools = {
+        "mountpoint": record + "exit 1\n",  # nothing mounted yet
+        "curl": record,
+        "lsb_release": "echo jammy\n",
+        # apt-get install puts a gcsfuse there, as the real package would
+        "sudo": record + '[ "$1" = tee ] && cat >/dev/null\ncase "$*" in *"install -y gcsfuse"*) '
+                         'cp "$(dirname "$0")/.gcsfuse" "$(dirname "$0")/gcsfuse";; esac\nexit 0\n',
+        ".gcsfuse": record,
+    }
+    if has_gcsfuse:
+        tools["gcsfuse"] = record
+    for name, body in tools.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    ex = GcloudSshExec(PROJECT, ZONE)
+    remote = ex.setup_commands("x-a1", [], False, "gs://my-bucket/runs/clipa-x")[-1][-1].removeprefix("--command=")
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run([bash, "-c", remote], cwd=home, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calls = (home / "calls").read_text().splitlines()
+    installs = [c for c in calls if c.startswith("sudo apt-get")]
+    assert bool(installs) is not has_gcsfuse
+    mount = " ".join(["gcsfuse", *GCSFUSE_OPTIONS, "my-bucket", MOUNT_DIR])
+    assert calls[-2:] == [f"mountpoint -q {MOUNT_DIR}", mount]
+    assert (home / WORKDIR / MOUNT_DIR).is_dir()
+    assert ex.local_run_dir("gs://my-bucket/runs/clipa-x") == f"{MOUNT_DIR}/runs/clipa-x"

@@ -6,8 +6,9 @@ source) to every worker, mount the run dir's bucket there (Cloud Storage FUSE), 
 spec.json --run-dir MOUNT/PREFIX/RUN`` on every worker with ``CLIPA_DISTRIBUTED=1``, stream worker 0's output, watch
 for preemption (node PREEMPTED, queued resource SUSPENDED/FAILED) or a worker crash, requeue (delete, create a new
 slice ``RUN-aN``; the trainer resumes from the checkpoint in the same run dir), fetch the run dir's top-level files
-when it finishes, and delete every resource it created on success, failure and interrupt (try/finally, with SIGTERM/SIGHUP turned into KeyboardInterrupt and
-signals deferred while tearing down). Cost is measured per attempt (``outcome``).
+when it finishes, and delete every resource it created on success, failure and interrupt (try/finally, with
+SIGTERM/SIGHUP turned into KeyboardInterrupt and signals deferred while tearing down). Cost is measured per
+attempt (``outcome``).
 
 ``dry_run`` renders the same plan (exact API requests and worker commands) without calling anything.
 """
