@@ -201,8 +201,9 @@ def _turbo_finish(data: bytes, w: int, h: int, res: int, box: tuple[float, float
     if min(w1, h1) < TINY:
         _bump(events, "tiny_image")
     img = Image.frombuffer("RGBX", (w1, h1), arr, "raw", "RGBX", 0, 1)  # wraps the buffer, no copy
-    out = np.asarray(img.resize((res, res), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP))
-    return np.ascontiguousarray(out[:, :, :3])
+    out = img.resize((res, res), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
+    # packed to RGB by Pillow's raw encoder (~8 us at 64 px; a numpy copy of the strided RGB view costs ~30 us)
+    return np.frombuffer(out.tobytes("raw", "RGB"), np.uint8).reshape(res, res, 3)
 
 
 def decode_train(data: bytes, res: int, rng: np.random.Generator, events: dict[str, int] | None = None,
