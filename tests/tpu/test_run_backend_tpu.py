@@ -1,7 +1,8 @@
 """``clipa run PLAN --backend tpu`` end to end against the fake Cloud TPU API with a local worker running the real
 ``clipa train``: a one-run plan whose slice is preempted once, requeued and resumed, then evaluated on the worker
 (eval.json) and recorded exactly once, with the cost of both slices; a second invocation records nothing new; a run
-whose launch fails records nothing and exits 2 with one line."""
+whose launch fails records nothing and exits 2 with one line, and the launch that completes it later pays for the
+failed one too."""
 
 from __future__ import annotations
 
@@ -159,3 +160,30 @@ def test_dry_run_shows_each_launch_and_creates_nothing(tmp_path, tiny_data, caps
     code, out, err = _cli(["run", str(plan), "--backend", "tpu", "--project", PROJECT, "--zone", ZONE, "--bucket",
                            "gs://my-bucket/runs", "--slice", "16", "--dry-run"], capsys)
     assert code == 2 and err.startswith("error: slice: v5litepod-16 has 2 hosts")
+
+
+@pytest.mark.slow  # one trainer start-up killed at once, one full run with its eval: about 20 s on two cores
+@pytest.mark.parametrize("fake_config", [FakeConfig(preempt_after_node_polls=[2])])
+def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fake, isolated_home, capsys):
+    """The first invocation's only slice is preempted (--max-attempts 1): it fails and records nothing, but that slice
+    was bought; the second invocation completes the run and its record includes the first launch's cost."""
+    plan, run_id = _plan(tmp_path, tiny_data)
+    code, out, err = _cli(_argv(tmp_path, plan, fake, "--max-attempts", "1"), capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1].startswith(f"error: tpu: run {run_id}: gave up after 1 slices (1 preemptions)")
+    assert not list((isolated_home / "results" / "runs").glob("*.json"))
+    tpu_dir = tmp_path / "runs" / run_id / "tpu"
+    first = json.loads((tpu_dir / "outcome.json").read_text())
+    assert first["status"] == "failed" and first["cost_usd"] > 0
+
+    code, out, err = _cli(_argv(tmp_path, plan, fake, "--json"), capsys)
+    assert code == 0, err[-3000:]
+    (res,) = json.loads(out)["results"]
+    assert json.loads((tpu_dir / "outcome-1.json").read_text()) == first  # kept, not overwritten
+    second = json.loads((tpu_dir / "outcome.json").read_text())
+    assert second["status"] == "succeeded" and [a["end"] for a in second["attempts"]] == ["completed"]
+    assert res["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])
+    assert res["device_hours"] == pytest.approx(first["chip_hours"] + second["chip_hours"])
+    assert (res["extra"]["tpu_launches"], res["extra"]["tpu_attempts"], res["extra"]["tpu_preemptions"]) == (2, 2, 1)
+    assert [p.stem for p in (isolated_home / "results" / "runs").glob("*.json")] == [run_id]
+    assert fake.fake.allocated() == {"queued_resources": [], "nodes": []}
