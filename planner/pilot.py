@@ -1,7 +1,7 @@
 """The pilot for a new dataset or hardware: a small designed grid of cheap runs, and the measured run overhead.
 
 ``design_pilot`` picks the runs: an L9 orthogonal array over four three-level axes (model size, pre-training
-resolution, text length, samples seen) plus one fine-tuned run, so that every level of every axis appears three times
+resolution, text length, samples seen) plus two fine-tuned runs of different lengths, so that every level of every axis appears three times
 and each pair of axes is balanced: the law's size, samples, image-token and text-token terms are each seen at three
 levels without paying for a full 3^4 grid. The samples levels are a geometric ladder (x3) scaled to spend the
 budget. ``write_pilot`` writes it as a plan folder (``plan.json`` + one spec per run), which ``clipa pilot`` executes
@@ -53,10 +53,12 @@ class Overhead:
         return self.scale * modelled_s + self.per_sample_s * samples + self.per_stage_s * stages
 
 
-# Measured on cpu-2core (shared, loaded) with `clipa data synth` 32 px data, mu/8, batch 64: 8k samples at 16 px
-# took 19-28 metered device-seconds against 0.27 s from the FLOP model; 40k samples at 32 px / 16 tokens took 94 s
-# against 3.1 s (about 2.4 ms a sample whatever the model's FLOPs, and a few seconds a stage).
-CPU_PRIOR = Overhead(1.0, 2.4e-3, 3.0, "prior: cpu-2core measurement (planner.pilot)")
+# Measured on cpu-2core with `clipa data synth --resolution 32` data, batch 64, on 2026-11-28 (load ~1-4): mu/8
+# 12.8K@16/8 took 15.7 metered device-seconds, mini/8 12.8K@32/16 24.4 s, xs/8 6.4K@24/32 57.9 s, mini/8 6.4K@16/8
+# 13.2 s, against 0.5, 6.1, 20.5 and 1.2 s from the FLOP/MFU model (budgets/hardware.yaml's cpu-2core profile): nnls
+# gives ~2.25x the model (batch 64 dispatches twice as many steps as the batch-128 benchmarks the profile was fitted
+# on), 0.24 ms a sample (input pipeline) and ~10 s a stage (compile, checkpoint). Evaluation is not metered.
+CPU_PRIOR = Overhead(2.25, 2.4e-4, 9.7, "prior: cpu-2core measurement of 4 runs (planner.pilot)")
 
 
 def prior_overhead(hardware: str) -> Overhead:
@@ -166,7 +168,7 @@ def _price(space: SearchSpace, run: PilotRun, hardware: str, pricing: str, overh
 def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, hardware: str = "cpu-2core",
                  pricing: str | None = None, data_res: int | None = None, overhead: Overhead | None = None,
                  models: tuple[str, ...] | None = None, n_runs: int | None = None) -> PilotDesign:
-    """The pilot's runs: L9 over (model, resolution, text, samples) + one fine-tuned run, the samples ladder scaled
+    """The pilot's runs: L9 over (model, resolution, text, samples) + two fine-tuned runs, the samples ladder scaled
     to spend at most ``budget_usd`` (the most expensive feasible scale, found by bisection).
 
     ``models`` restricts the model axis (e.g. only mu/8 for a quick loop); ``n_runs`` keeps the first runs of the
@@ -197,10 +199,16 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         ladder = [int(round(scale * SAMPLES_RATIO**k, -2)) for k in range(3)]
         runs = [PilotRun(mods[a], res[b], texts[c], max(ladder[d], MIN_PILOT_SAMPLES), 0, 0.0, 0.0)
                 for a, b, c, d in rows]
+        # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the data's
+        # resolution and full text; two runs (a short fine-tune of the smallest model, a longer one of the middle
+        # model) so that the fine-tune's length scale s0 is measured rather than left to its prior: a first pilot
+        # with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
         if n_runs is None or n_runs > 9:
-            # the fine-tune term: the smallest model, lowest resolution and shortest text, then the data's resolution
             runs.append(PilotRun(mods[0], res[0], texts[0], max(ladder[1], MIN_PILOT_SAMPLES),
                                  max(ladder[0] // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
+        if n_runs is None or n_runs > 10:
+            runs.append(PilotRun(mods[1], res[0], texts[0], max(ladder[1], MIN_PILOT_SAMPLES),
+                                 max(ladder[1] // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
         for r in runs:
             r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
         return runs

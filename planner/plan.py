@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from planner import paths
@@ -30,6 +31,8 @@ from planner.spec import RunSpec, spec_from_dict
 from planner.store import atomic_write_text
 
 Objective = Literal["mean", "p10"]
+# On a local study, how far beyond the pilot's largest run (in samples) a plan is still ranked with the in-range ones
+LOCAL_SAMPLES_REACH = 4.0
 _BUDGET_RE = re.compile(r"^\$?\s*([0-9][0-9,_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmM]?)$")
 
 
@@ -137,11 +140,17 @@ def make_plan(
     key = "predicted_top1" if objective == "mean" else "low"
     # Ties (equal predictions) go to the cheaper candidate. On a local study (a pilot's few runs) an extrapolated
     # candidate's mean is a guess: the closed loop picked an unpiloted long fine-tune predicted at 73% that scored
-    # 16%. So there, candidates inside the study's range go first whenever any fit the budget.
+    # 16%. So there, candidates inside the study's range go first whenever any fit the budget; so do candidates
+    # beyond it in samples alone, by at most LOCAL_SAMPLES_REACH (the samples term is the law's best-measured
+    # extrapolation, and a plan confined to the pilot's largest run could not spend a budget larger than it).
     ranked = ranked.sort_values([key, "cost_usd"], ascending=[False, True])
-    in_range_first = is_local(dataset) and bool((~ranked["extrapolated"]).any())
+    trusted = ~ranked["extrapolated"]
+    if "samples_excess" in pred:
+        ranked = ranked.join(pred[["samples_excess", "other_excess"]])
+        trusted |= (ranked["other_excess"] <= 1e-9) & (ranked["samples_excess"] <= np.log(LOCAL_SAMPLES_REACH))
+    in_range_first = is_local(dataset) and bool(trusted.any())
     if in_range_first:
-        ranked = pd.concat([ranked[~ranked["extrapolated"]], ranked[ranked["extrapolated"]]])
+        ranked = pd.concat([ranked[trusted], ranked[~trusted]])
     chosen_row = next(ranked.itertuples())
     chosen = _candidate_dict(chosen_row, space, dataset)
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
@@ -160,7 +169,8 @@ def make_plan(
 
     request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
                "objective": objective, "fit_version": fit_version}
-    request_notes = ["local study: candidates inside the pilot's range ranked first"] if in_range_first else []
+    request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
+                      "largest run) ranked first"] if in_range_first else [])
     if fields:
         request["data"] = fields["data"]
     if overhead is not None:

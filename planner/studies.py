@@ -289,18 +289,24 @@ def predict_study(fit: StudyFit, features: pd.DataFrame) -> pd.DataFrame:
     var = var + np.maximum(fit.sigma**2, binom**2)
     excess = range_excess(fit.ranges, features)
     half = fit.t_quantile * np.sqrt(var) * (1.0 + WIDEN_PER_LOG * excess)
+    samples_excess = _beyond(features["total_samples"].to_numpy(float), *fit.ranges["total_samples"])
     return pd.DataFrame({"predicted_top1": mean, "low": np.clip(mean - half, 0.0, 100.0),
-                         "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": excess > 1e-9},
+                         "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": excess > 1e-9,
+                         # how far outside the study's range, in log units: in samples, and on every other axis
+                         "samples_excess": samples_excess, "other_excess": np.maximum(excess - samples_excess, 0.0)},
                         index=features.index)
+
+
+def _beyond(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Natural-log distance of ``x`` outside [lo, hi] (0 inside)."""
+    x = np.maximum(np.asarray(x, dtype=float), 1e-12)
+    return np.maximum(np.log(max(lo, 1e-12) / x), 0.0) + np.maximum(np.log(x / max(hi, 1e-12)), 0.0)
 
 
 def range_excess(r: dict[str, list[float]], f: pd.DataFrame) -> np.ndarray:
     """Summed natural-log distance of each row outside a study's range (0 inside)."""
 
-    def beyond(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        x = np.maximum(np.asarray(x, dtype=float), 1e-12)
-        return np.maximum(np.log(max(lo, 1e-12) / x), 0.0) + np.maximum(np.log(x / max(hi, 1e-12)), 0.0)
-
+    beyond = _beyond
     out = beyond(f["n_params"].to_numpy(float), *r["n_params"])
     out += beyond(f["total_samples"].to_numpy(float), *r["total_samples"])
     out += beyond(f["pretrain_image_tokens"].to_numpy(float), *r["pretrain_image_tokens"])

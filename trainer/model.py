@@ -523,8 +523,11 @@ def _batched(fn, params, x: np.ndarray, batch: int) -> np.ndarray:
     for i in range(0, len(x), batch):
         chunk = x[i : i + batch]
         n = len(chunk)
-        if n < batch and len(x) > batch:  # pad the tail to the compiled shape instead of compiling a second one
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        # pad to the batch size (or, for short inputs, the next power of two) so that a short tail or a
+        # different-sized call reuses a compiled shape instead of compiling another one
+        size = batch if len(x) > batch else min(batch, 1 << max(n - 1, 0).bit_length())
+        if n < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
         outs.append(np.asarray(fn(params, chunk))[:n])
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         """Design a small grid of cheap runs on a local dataset, run them, refit, and print the study's fitted law.
 
         The grid spans model size x pre-training resolution x text length x samples (an L9 orthogonal array, plus
-        one fine-tuned run), scaled to the budget with the cost model and the measured CPU overhead. Afterwards
+        two fine-tuned runs of different lengths), scaled to the budget with the cost model and the measured CPU overhead. Afterwards
         `clipa plan --dataset local:NAME --data DIR --hardware cpu-2core --budget B` extrapolates from it.
         """
         from planner.cli import console, print_json

@@ -110,11 +110,13 @@ def test_local_runs_never_change_the_imagenet_fit(isolated_home):
 def test_pilot_design_within_budget_and_spans_every_axis():
     d = design_pilot(0.01, "local:t", data_res=32)
     assert d.cost_usd <= 0.01 and d.cost_usd > 0.9 * 0.01  # spends the budget, not more
-    assert len(d.runs) == 10
+    assert len(d.runs) == 11
     for axis in ("model", "res", "text_len", "samples"):
         assert len({getattr(r, axis) for r in d.runs}) == 3, axis
     assert {r.model for r in d.runs} == {"mu/8", "mini/8", "xs/8"}
-    assert max(r.res for r in d.runs) == 32 and any(r.finetune for r in d.runs)
+    assert max(r.res for r in d.runs) == 32
+    # two fine-tuned runs of different lengths (the fine-tune's length scale is measured, not assumed)
+    assert len({r.finetune for r in d.runs if r.finetune}) == 2
     # each pair of the four L9 axes is balanced: every level of one axis meets three levels of another
     l9 = d.runs[:9]
     for a, b in (("model", "res"), ("model", "samples"), ("res", "text_len")):

@@ -8,7 +8,8 @@ normalised, averaged per class and normalised again; an image's prediction is it
 and top-5 accuracy are reported with the number of images ``n`` (so hosts can combine their parts). Classes are
 embedded ``class_batch`` at a time to bound memory. Prompts are tokenized with plain truncation to ``text_len``.
 
-Retrieval: one caption per image on a held-out split; recall@K in both directions.
+Retrieval: one caption per image on a held-out split; recall@K in both directions. ``evaluate`` reads and embeds
+the evaluation images once for both.
 
 Also the package data: ImageNet-1k class names (OpenAI CLIP's curated names, standard index order) and the 80 CLIP
 prompt templates (``trainer/assets``), and readers for a dataset's own ``classes.txt``/``templates.txt``.
@@ -102,6 +103,74 @@ def _batches(source: Iterable) -> Iterable[tuple[np.ndarray, np.ndarray, list[st
             yield images, np.asarray(labels, np.int64), (b[2] if len(b) > 2 else None)
 
 
+def _embed_eval_set(embed_images: EmbedFn, eval_source: Iterable, *, classes: int | None, limit: int | None,
+                    captions_limit: int | None) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """One pass over ``eval_source``: the normalised features [N, D], labels [N] (-1: unlabelled) and captions
+    (None when the source has none) of the images read, so that classification and retrieval share one decode and
+    one embedding of every image. Reading stops once ``limit`` labelled images (classification) and
+    ``captions_limit`` captioned ones (retrieval; 0 = none wanted) are in, or at the end of the source."""
+    feats, labels, captions = [], [], []
+    has_captions = captions_limit != 0
+    rows = labelled = 0
+    for images, labs, texts in _batches(eval_source):
+        images = np.asarray(images)
+        if len(labs) != len(images):  # a source without labels (retrieval only)
+            labs = np.full(len(images), -1, np.int64)
+        if classes is not None and (labs >= classes).any():
+            raise ClipaError("labels", f"label {int(labs.max())} is out of range for {classes} classes")
+        if texts is None:
+            has_captions = False
+        if len(images) == 0:
+            continue
+        feats.append(_normalise(np.asarray(embed_images(images))))
+        labels.append(labs)
+        if has_captions:
+            captions.extend(list(texts))
+        rows += len(images)
+        labelled += int((labs >= 0).sum())
+        classified = limit is not None and labelled >= limit
+        retrieved = not has_captions or (captions_limit is not None and rows >= captions_limit)
+        if classified and retrieved:
+            break
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64), (captions if has_captions else None)
+    return np.concatenate(feats), np.concatenate(labels), (captions if has_captions else None)
+
+
+def _classify(feats: np.ndarray, labels: np.ndarray, weights: np.ndarray, limit: int | None) -> dict[str, float | int]:
+    keep = np.nonzero(labels >= 0)[0][:limit]
+    if len(keep) == 0:
+        raise ClipaError("eval_data", "no labelled evaluation images were read")
+    logits = feats[keep] @ weights.T
+    y = labels[keep]
+    k = min(5, weights.shape[0])
+    topk = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.argsort(-logits, axis=1)[:, :k]
+    hit5 = int((topk == y[:, None]).any(axis=1).sum())
+    hit1 = int((logits.argmax(axis=1) == y).sum())
+    return {"top1": hit1 / len(y), "top5": hit5 / len(y), "n": int(len(y))}
+
+
+def _retrieve(img_feats: np.ndarray, captions: list[str], embed_texts: EmbedFn, tokenizer, text_len: int,
+              ks: Sequence[int]) -> dict[str, float | int]:
+    n = min(len(img_feats), len(captions))
+    if n == 0:
+        raise ClipaError("eval_data", "no evaluation images were read")
+    im = img_feats[:n]
+    tx = _normalise(np.asarray(embed_texts(tokenizer.tokenize(list(captions[:n]), text_len))))
+    sim = im @ tx.T
+    # rank of the true partner: how many other candidates score at least as high (ties count against the model,
+    # so a collapsed embedding scores 0, not 1)
+    diag = np.diag(sim)
+    i2t_rank = (sim >= diag[:, None]).sum(axis=1) - 1
+    t2i_rank = (sim >= diag[None, :]).sum(axis=0) - 1
+    out: dict[str, float | int] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t_rank < k).mean())
+        out[f"t2i_r{k}"] = float((t2i_rank < k).mean())
+    out["n"] = n
+    return out
+
+
 def zero_shot_classify(
     embed_images: EmbedFn,
     embed_texts: EmbedFn,
@@ -119,31 +188,12 @@ def zero_shot_classify(
     labelled -1 (unlabelled) are ignored. Returns ``{"top1", "top5", "n"}`` with accuracies in 0..1.
     """
     weights = build_classifier(embed_texts, classnames, templates, tokenizer, text_len, class_batch)
-    k = min(5, len(classnames))
-    n = hit1 = hit5 = 0
-    for images, labels, _ in _batches(eval_source):
-        keep = labels >= 0
-        if not keep.any():
-            continue
-        if labels.max() >= len(classnames):
-            raise ClipaError("labels", f"label {int(labels.max())} is out of range for {len(classnames)} classes")
-        if limit is not None and n + int(keep.sum()) > limit:
-            idx = np.nonzero(keep)[0][: limit - n]
-            keep = np.zeros_like(keep)
-            keep[idx] = True
-        feats = _normalise(np.asarray(embed_images(np.asarray(images)[keep] if not keep.all() else images)))
-        logits = feats @ weights.T
-        y = labels[keep]
-        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else \
-            np.argsort(-logits, axis=1)[:, :k]
-        hit5 += int((topk == y[:, None]).any(axis=1).sum())
-        hit1 += int((logits.argmax(axis=1) == y).sum())
-        n += len(y)
-        if limit is not None and n >= limit:
-            break
-    if n == 0:
-        raise ClipaError("eval_data", "no labelled evaluation images were read")
-    return {"top1": hit1 / n, "top5": hit5 / n, "n": n}
+    feats, labels, _ = _embed_eval_set(embed_images, eval_source, classes=len(classnames), limit=limit,
+                                       captions_limit=0)
+    return _classify(feats, labels, weights, limit)
+
+
+RETRIEVAL_LIMIT = 5000  # bounds the N x N similarity matrix
 
 
 def retrieval_recall(
@@ -153,43 +203,16 @@ def retrieval_recall(
     tokenizer,
     text_len: int,
     ks: Sequence[int] = (1, 5),
-    limit: int | None = 5000,
+    limit: int | None = RETRIEVAL_LIMIT,
 ) -> dict[str, float | int]:
     """Image->text and text->image recall@K with one caption per image (the held-out split's own captions).
 
     Returns ``{"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "n"}`` (one key per K). ``limit`` bounds the N x N similarity.
     """
-    img_feats, txt_feats = [], []
-    n = 0
-    for images, _labels, texts in _batches(eval_source):
-        if texts is None:
-            raise ClipaError("eval_data", "retrieval needs captions (txt) with the evaluation images")
-        images = np.asarray(images)
-        if limit is not None:
-            images, texts = images[: limit - n], list(texts)[: limit - n]
-        if len(texts) == 0:
-            break
-        img_feats.append(_normalise(np.asarray(embed_images(images))))
-        txt_feats.append(_normalise(np.asarray(embed_texts(tokenizer.tokenize(list(texts), text_len)))))
-        n += len(texts)
-        if limit is not None and n >= limit:
-            break
-    if n == 0:
-        raise ClipaError("eval_data", "no evaluation images were read")
-    im = np.concatenate(img_feats)
-    tx = np.concatenate(txt_feats)
-    sim = im @ tx.T
-    # rank of the true partner: how many other candidates score at least as high (ties count against the model,
-    # so a collapsed embedding scores 0, not 1)
-    diag = np.diag(sim)
-    i2t_rank = (sim >= diag[:, None]).sum(axis=1) - 1
-    t2i_rank = (sim >= diag[None, :]).sum(axis=0) - 1
-    out: dict[str, float | int] = {}
-    for k in ks:
-        out[f"i2t_r{k}"] = float((i2t_rank < k).mean())
-        out[f"t2i_r{k}"] = float((t2i_rank < k).mean())
-    out["n"] = n
-    return out
+    feats, _, captions = _embed_eval_set(embed_images, eval_source, classes=None, limit=0, captions_limit=limit)
+    if captions is None:
+        raise ClipaError("eval_data", "retrieval needs captions (txt) with the evaluation images")
+    return _retrieve(feats, captions, embed_texts, tokenizer, text_len, ks)
 
 
 def evaluate(
@@ -222,12 +245,15 @@ def evaluate(
     if not classnames:
         raise ClipaError("eval_data", f"{data} has no class names (add a classes.txt, one name per line)")
     templates = source.templates or openai_templates()
-    result: dict[str, Any] = dict(zero_shot_classify(embed_images, embed_texts, source, classnames, templates, tok,
-                                                     text_len))
+    weights = build_classifier(embed_texts, classnames, templates, tok, text_len)
+    feats, labels, captions = _embed_eval_set(
+        embed_images, source, classes=len(classnames), limit=limit,
+        captions_limit=RETRIEVAL_LIMIT if retrieval and source.has_captions else 0)
+    result: dict[str, Any] = dict(_classify(feats, labels, weights, limit))
     result.update(classes=len(classnames), templates=len(templates), image_res=image_res, text_len=text_len,
                   data=str(data))
-    if retrieval and source.has_captions:
-        result["retrieval"] = retrieval_recall(embed_images, embed_texts, source, tok, text_len)
+    if captions:
+        result["retrieval"] = _retrieve(feats, captions, embed_texts, tok, text_len, (1, 5))
     skipped = {k: v for k, v in source.stats().items() if k not in ("samples",)}
     if skipped:
         result["data_stats"] = skipped
