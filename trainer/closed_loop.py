@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import ClipaError
 from planner.runs import RecordedPrediction, RunResult, has_result, read_result, record_path, utcnow, write_result
 from planner.spec import RunSpec
 from planner.store import atomic_write_text
+
+if TYPE_CHECKING:  # the TPU launcher is imported only when a run goes to a TPU
+    from trainer.tpu.options import TpuOptions
 
 EVAL_FILE = "eval.json"
 STARTED_FILE = "started.json"
@@ -200,14 +203,14 @@ OUTCOME_FILE = "outcome.json"  # RUN_DIR/tpu/outcome.json, written by the launch
 def execute_tpu_run(
     spec: RunSpec,
     run_dir: Path,
-    options: Any,
+    options: TpuOptions,
     prediction: RecordedPrediction | None = None,
     plan_id: str | None = None,
     runs_dir: Path | None = None,
     **launch: Any,
 ) -> RunOutcome:
-    """Train ``spec`` on a Cloud TPU slice (``trainer.tpu.launcher.run_on_tpu`` with ``options``, a TpuOptions; the
-    ``launch`` keywords go to it), then record it as ``execute_run`` does, from the files the launcher fetched into
+    """Train ``spec`` on a Cloud TPU slice (``trainer.tpu.launcher.run_on_tpu`` with ``options``; the ``launch``
+    keywords go to it), then record it as ``execute_run`` does, from the files the launcher fetched into
     ``run_dir`` (eval.json, which ``clipa train`` writes at the end, and train_summary.json) and the launch outcome:
     cost = the billed chip-hours of every slice (preempted ones included, and those of earlier launches of this run
     that failed or were interrupted) x the catalog price; hardware = the slice's catalog entry.
@@ -242,9 +245,9 @@ def execute_tpu_run(
                                     f"{last.remote_run_dir} failed: {last.fetch_error}")
     files = _finished_files(spec, run_dir)
     if files is None:
-        raise ClipaError("eval_data", f"run {spec.run_id}: the trainer left no {EVAL_FILE} and "
-                                      f"{_summary_name()} for run {spec.run_id} in {last.remote_run_dir} (multi-host "
-                                      "runs are not evaluated by `clipa train` yet); nothing recorded")
+        raise ClipaError("eval_data", f"run {spec.run_id}: trained, but {EVAL_FILE} or {_summary_name()} of this run "
+                                      f"is missing from {last.remote_run_dir} (multi-host runs are not evaluated by "
+                                      "`clipa train` yet); nothing recorded")
     ev, summary = files
     outcomes = [*(o for p in sorted(tpu_dir.glob("outcome-*.json")) if (o := _read_outcome(p)) is not None), last]
     from planner.hardware import get_hardware
