@@ -249,3 +249,39 @@ def test_sample_generator_is_exactly_the_keyed_philox():
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda i: draws(sample_generator(base, i)), range(40)))
     assert got == [ref[i] for i in range(40)]
+
+
+def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, synth_tokenizer):
+    """With the decode cache the batches are a function of the samples alone: the same with a cache that holds
+    everything, one that fills up after a few images (mostly misses), any thread count, and after a restore."""
+    from trainer.data.reader import list_shards
+
+    urls = list_shards(str(synth_dir))
+    kw = dict(batch_size=16, image_res=24, text_len=8, text_reduction="random", seed=4, shuffle_buffer=20)
+    big = TrainSource(urls, synth_tokenizer, decode_threads=2, decode_cache_mb=64, **kw)
+    ref = _batches(big, 40)  # 640 samples: 2.7 epochs of 240
+    st = big.stats()
+    assert st["decode_cache_hits"] > 300 and st["decode_cache_images"] == 240 and not st["decode_cache_full"]
+    big.close()
+    small = TrainSource(urls, synth_tokenizer, decode_threads=0, decode_cache_mb=1, **kw)  # ~60 of 240 images fit
+    assert _same(_batches(small, 40), ref)
+    assert small.stats()["decode_cache_full"] and small.stats()["decode_cache_misses"] > 300
+    small.close()
+    for k in (3, 17, 31):  # resume mid-epoch, in the second and in the third epoch
+        first = TrainSource(urls, synth_tokenizer, decode_threads=1, decode_cache_mb=64, **kw)
+        _batches(first, k)
+        state = json.loads(json.dumps(first.get_state()))
+        first.close()
+        resumed = TrainSource(urls, synth_tokenizer, decode_threads=2, decode_cache_mb=64, **kw)
+        resumed.set_state(state)  # the cache starts empty: misses decode what hits would have found
+        assert _same(_batches(resumed, 40 - k), ref[k:])
+        resumed.close()
+    # a state saved with the cache is for the cached path (other pixels at some crops): refused without it
+    with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as plain, pytest.raises(ClipaError, match="made for"):
+        plain.set_state(state)
+    # and the cached path gives the same pictures as the direct one up to the decode scale of the larger crops
+    with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as direct:
+        d = _batches(direct, 3)
+    for a, b in zip(d, ref[:3]):
+        assert np.array_equal(a["tokens"], b["tokens"])  # same generators: same crops, same text draws
+        assert np.abs(a["images"].astype(np.int16) - b["images"].astype(np.int16)).mean() < 4

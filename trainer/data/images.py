@@ -8,10 +8,9 @@ The fast path for low resolutions, which is where CLIPA spends most of its sampl
 1. reduced-size decode: libjpeg decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), choosing the smallest scale that
    still leaves the crop at least as large as the output, so a 64 px crop of a 512 px photo decodes about 16x fewer
    pixels;
-2. colour JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` straight into a 4-byte-per-pixel numpy buffer
-   that Pillow wraps without a copy (``Image.frombuffer``, RGBX): the same library and settings as Pillow's own JPEG
-   decoder (accurate DCT, fancy upsampling, the same scale rule), so the pixels are identical (tested), at ~30% less
-   CPU per image: Pillow's decoder adds a per-row unpack and Python-side header parsing. Grey, CMYK/YCCK and
+2. colour JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` straight into a numpy buffer: the same library
+   and settings as Pillow's own JPEG decoder (accurate DCT, fancy upsampling, the same scale rule), so the pixels are
+   identical (tested), at ~30% less CPU per decode (Pillow adds Python-side header parsing and a per-row unpack). Grey, CMYK/YCCK and
    non-JPEG images, and anything libjpeg-turbo refuses (truncated, corrupt), take Pillow's path, which counts the
    conversions and turns undecodable bytes into ``BadImage``;
 3. the crop box is passed to ``resize(box=...)`` instead of cropping first (no intermediate copy);
@@ -189,7 +188,7 @@ def _turbo_finish(data: bytes, w: int, h: int, res: int, box: tuple[float, float
         scale = 8 if q >= 8 else 4 if q >= 4 else 2 if q >= 2 else 1
     try:
         # min sizes = the DCT-scaled size (ceil(size / scale)): libjpeg-turbo then picks exactly 1/scale
-        arr = _turbo.decode_jpeg(data, "RGBX", min_height=-(-h // scale) if scale > 1 else 0,
+        arr = _turbo.decode_jpeg(data, "RGB", min_height=-(-h // scale) if scale > 1 else 0,
                                  min_width=-(-w // scale) if scale > 1 else 0)
     except (ValueError, RuntimeError, MemoryError):
         return None
@@ -200,9 +199,11 @@ def _turbo_finish(data: bytes, w: int, h: int, res: int, box: tuple[float, float
         box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
     if min(w1, h1) < TINY:
         _bump(events, "tiny_image")
-    img = Image.frombuffer("RGBX", (w1, h1), arr, "raw", "RGBX", 0, 1)  # wraps the buffer, no copy
+    # an RGB image (one unpacking copy): Pillow resamples 3 bands; resizing a zero-copy RGBX view resamples 4, which
+    # costs more than the copy at 112-224 px (same pixels either way)
+    img = Image.frombuffer("RGB", (w1, h1), arr, "raw", "RGB", 0, 1)
     out = img.resize((res, res), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
-    # packed to RGB by Pillow's raw encoder (~8 us at 64 px; a numpy copy of the strided RGB view costs ~30 us)
+    # packed by Pillow's raw encoder (~8 us at 64 px; np.asarray + a copy of the RGB view costs ~40 us)
     return np.frombuffer(out.tobytes("raw", "RGB"), np.uint8).reshape(res, res, 3)
 
 
@@ -245,6 +246,61 @@ def decode_eval(data: bytes, res: int, events: dict[str, int] | None = None, fas
     if fast:
         box = _draft(img, box, res, events)
     return _finish(img, res, box, events)
+
+
+# --- the decode cache (decode once, crop every epoch) -----------------------------------------------------------
+def base_scale(w: int, h: int, res: int) -> int:
+    """The DCT scale (1, 2, 4, 8) at which *every* random-resized crop of a ``w`` x ``h`` image still has a side of
+    at least ``res``: ``_draft``'s rule applied to the smallest crop ``sample_crop`` can draw."""
+    side = min(math.sqrt(CROP_SCALE[0] * w * h * min(CROP_RATIO[0], 1 / CROP_RATIO[1])), w, h)
+    if side < 2 * res:
+        return 1
+    q = min(w // max(1, math.ceil(w * res / side)), h // max(1, math.ceil(h * res / side)))
+    return 8 if q >= 8 else 4 if q >= 4 else 2 if q >= 2 else 1
+
+
+def decode_base(data: bytes, res: int, events: dict[str, int] | None = None) -> tuple[np.ndarray, int, int]:
+    """The image decoded once for the cache: ``(RGBX uint8 [h', w', 4], w, h)`` at ``base_scale`` (w, h: the
+    original size, in which crops are drawn). Odd modes are converted (and counted) here, once per sample."""
+    size = _turbo_size(data)
+    if size is not None:
+        w, h = size
+        scale = base_scale(w, h, res)
+        try:
+            arr = _turbo.decode_jpeg(data, "RGBX", min_height=-(-h // scale) if scale > 1 else 0,
+                                     min_width=-(-w // scale) if scale > 1 else 0)
+            return arr, w, h
+        except (ValueError, RuntimeError, MemoryError):
+            pass  # Pillow decides below
+    img = _open(data)
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise BadImage("empty image")
+    side = min(math.sqrt(CROP_SCALE[0] * w * h * min(CROP_RATIO[0], 1 / CROP_RATIO[1])), w, h)
+    _draft(img, (0.0, 0.0, side, side), res, None)  # the same scale as base_scale, for JPEGs
+    try:
+        img.load()
+        img = _to_rgb(img, events).convert("RGBX")
+    except BadImage:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        raise BadImage(str(e) or type(e).__name__) from None
+    if min(img.size) < TINY:
+        _bump(events, "tiny_image")
+    return np.asarray(img).copy(), w, h
+
+
+def crop_from_base(base: tuple[np.ndarray, int, int], res: int, rng: np.random.Generator) -> np.ndarray:
+    """A random-resized crop (drawn as ``decode_train`` draws it, in the original size) from a ``decode_base``
+    result, resized as ``_turbo_finish`` does: uint8 HWC RGB ``res`` x ``res``."""
+    arr, w, h = base
+    box = sample_crop(w, h, rng)
+    h1, w1 = arr.shape[:2]
+    sx, sy = w1 / w, h1 / h
+    img = Image.frombuffer("RGBX", (w1, h1), arr, "raw", "RGBX", 0, 1)
+    out = img.resize((res, res), Image.Resampling.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy),
+                     reducing_gap=REDUCING_GAP)
+    return np.frombuffer(out.tobytes("raw", "RGB"), np.uint8).reshape(res, res, 3)
 
 
 def decode_plain(data: bytes, res: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,11 @@ thread; each raw sample gets an index, and its crop and text-reduction randomnes
 The saved position is a stream snapshot plus the number of raw samples consumed since it, so samples that were read
 ahead (prefetched) but not handed out are read again after a restore, not lost.
 
+Option ``decode_cache_mb`` (off by default): decode each image once and crop it from memory in later epochs
+(``DecodeCache``), for the low-resolution stages of datasets that fit in memory; the batches stay a function of the
+samples alone (same with or without hits, so resume and determinism hold), but they are not the uncached path's
+pixel for pixel: every crop is resized from the one decode scale that suits the smallest crop.
+
 ``make_eval_source(path, image_res, ...)`` reads an evaluation set once, in order (no shuffling, no crop): a folder
 of class subfolders (ImageNet style), or shards whose json carries the class index (``label`` or ``cls``) or that
 have a ``.cls`` member; images are resized directly to the eval resolution.
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from planner.errors import ClipaError
-from trainer.data.images import BadImage, decode_eval, decode_train
+from trainer.data.images import BadImage, crop_from_base, decode_base, decode_eval, decode_train
 from trainer.data.reader import IMAGE_EXTS, ShardStream, list_shards, split_shards
 from trainer.data.text_reduction import reduce_one
 from trainer.data.tokenizer import ClipTokenizer, find_tokenizer, load_tokenizer
@@ -120,6 +125,50 @@ def image_bytes(sample: dict[str, Any]) -> bytes | None:
     return None
 
 
+class DecodeCache:
+    """Decode once, crop every epoch: each sample's image decoded at ``images.base_scale`` (the one DCT scale every
+    crop at the stage resolution can use), kept as uint8 RGBX, keyed by its place in the shards (shard, byte offset).
+
+    The batches depend only on the samples and their generators, never on what is cached: a miss decodes the same
+    base image a hit finds, so resume and determinism are as without the cache (after a restore the cache starts
+    empty and fills again). Images are added until ``max_bytes`` is reached, then no more (no eviction: with shuffled
+    reads an evicting cache would mostly miss). Meant for the low-resolution stages on datasets that fit in memory
+    (at 64 px a 256 px JPEG takes 64 KB; at 112-224 px 256 KB: the whole decoded image). Shared by the decode
+    threads; a race decodes an image twice, harmlessly.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._items: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.full = False
+
+    def get(self, sample: dict[str, Any], res: int, events: dict[str, int]) -> tuple[np.ndarray, int, int]:
+        key = (sample["__shard__"], sample["__offset__"])
+        got = self._items.get(key)
+        if got is not None:
+            self.hits += 1
+            return got
+        self.misses += 1
+        data = image_bytes(sample)
+        if data is None or not data:
+            raise BadImage("zero-byte image")
+        got = decode_base(data, res, events)
+        if self.bytes + got[0].nbytes <= self.max_bytes:
+            self._items[key] = got
+            self.bytes += got[0].nbytes
+        else:
+            self.full = True
+        return got
+
+    def stats(self) -> dict[str, Any]:
+        return {"decode_cache_hits": self.hits, "decode_cache_misses": self.misses,
+                "decode_cache_images": len(self._items), "decode_cache_mb": round(self.bytes / 2**20, 1),
+                "decode_cache_full": self.full}
+
+
 class TrainSource:
     """Shuffled, augmented, tokenized training batches for one host; see the module docstring."""
 
@@ -139,6 +188,7 @@ class TrainSource:
         decode_threads: int | None = None,
         prefetch_batches: int = 2,
         fast_decode: bool = True,
+        decode_cache_mb: int = 0,
     ):
         if batch_size <= 0:
             raise ClipaError("batch_size", "must be positive")
@@ -156,6 +206,8 @@ class TrainSource:
         self.decode_threads = default_decode_threads() if decode_threads is None else decode_threads
         self._pool = ThreadPoolExecutor(self.decode_threads, "clipa-decode") if self.decode_threads > 0 else None
         self.prefetch = max(1, prefetch_batches) * batch_size
+        self.decode_cache_mb = max(0, int(decode_cache_mb))
+        self._cache = DecodeCache(self.decode_cache_mb << 20) if self.decode_cache_mb else None
         self._init_pipeline(self.stream.get_state(), 0, {})
 
     # --- pipeline bookkeeping --------------------------------------------------------------------------------------
@@ -196,7 +248,10 @@ class TrainSource:
         if text is None:
             return None, None, events
         try:
-            img = decode_train(image_bytes(sample), self.image_res, rng, events, fast=self.fast_decode)
+            if self._cache is None:
+                img = decode_train(image_bytes(sample), self.image_res, rng, events, fast=self.fast_decode)
+            else:
+                img = crop_from_base(self._cache.get(sample, self.image_res, events), self.image_res, rng)
         except BadImage:
             events["bad_image"] = events.get("bad_image", 0) + 1
             return None, None, events
@@ -263,6 +318,8 @@ class TrainSource:
         out: dict[str, Any] = {k: v for k, v in self.stream.stats.items() if not k.startswith("_")}
         for k, v in self._decode_stats.items():
             out[k] = out.get(k, 0) + v
+        if self._cache is not None:
+            out.update(self._cache.stats())
         notes = self.stream.stats.get("_notes")
         if notes:
             out["last_problems"] = list(notes)
@@ -291,15 +348,19 @@ class TrainSource:
         self._pending.clear()
 
     def _config(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "image_res": self.image_res, "text_len": self.text_len,
-                "text_reduction": self.text_reduction, "seed": self.seed}
+        out = {"batch_size": self.batch_size, "image_res": self.image_res, "text_len": self.text_len,
+               "text_reduction": self.text_reduction, "seed": self.seed}
+        if self._cache is not None:  # (absent when off, so states saved before the cache existed still load)
+            out["decode_cache"] = True  # the cached path crops from one fixed decode scale: other pixels
+        return out
 
 
 def make_train_source(spec, stage_index: int, process_index: int = 0, process_count: int = 1,
                       **options: Any) -> TrainSource:
     """The training source for one stage of a run spec, for host ``process_index`` of ``process_count``.
 
-    Options (keyword): shuffle_buffer, cycle_length, decode_threads, prefetch_batches, fast_decode.
+    Options (keyword): shuffle_buffer, cycle_length, decode_threads, prefetch_batches, fast_decode,
+    decode_cache_mb (0: off; see ``DecodeCache``).
     """
     if not 0 <= stage_index < len(spec.stages):
         raise ClipaError("stage", f"stage {stage_index} does not exist (the spec has {len(spec.stages)})")
