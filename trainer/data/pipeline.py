@@ -60,8 +60,8 @@ _RNG = threading.local()
 def sample_generator(key_base: int, index: int) -> np.random.Generator:
     """The generator of one sample: Philox keyed by ``(key_base, index)``, counter 0 (a counter-based generator, so
     independent streams per sample). Exactly ``Generator(Philox(key=[key_base, index]))``, but one Philox per thread
-    is re-keyed instead of built anew: constructing a Philox draws OS entropy and mixes a SeedSequence first (~11 us,
-    4x that on a busy machine), re-keying costs ~3 us. The generator is valid until this thread's next call."""
+    is re-keyed instead of built anew: the constructor's argument handling costs ~11-19 us (several times that on a
+    busy machine), re-keying ~3 us. The generator is valid until this thread's next call."""
     slot = getattr(_RNG, "slot", None)
     if slot is None:
         bg = np.random.Philox(key=[0, 0])
