@@ -251,7 +251,7 @@ def test_sample_generator_is_exactly_the_keyed_philox():
     assert got == [ref[i] for i in range(40)]
 
 
-def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, synth_tokenizer):
+def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, synth_tokenizer, monkeypatch):
     """With the decode cache the batches are a function of the samples alone: the same with a cache that holds
     everything, one that fills up after a few images (mostly misses), any thread count, and after a restore."""
     from trainer.data.reader import list_shards
@@ -263,7 +263,8 @@ def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, s
     st = big.stats()
     assert st["decode_cache_hits"] > 300 and st["decode_cache_images"] == 240 and not st["decode_cache_full"]
     big.close()
-    small = TrainSource(urls, synth_tokenizer, decode_threads=0, decode_cache_mb=1, **kw)  # ~60 of 240 images fit
+    monkeypatch.setenv("CLIPA_DECODE_CACHE_MB", "1")  # the environment turns it on for runs that do not pass it
+    small = TrainSource(urls, synth_tokenizer, decode_threads=0, **kw)  # ~60 of 240 images fit
     assert _same(_batches(small, 40), ref)
     assert small.stats()["decode_cache_full"] and small.stats()["decode_cache_misses"] > 300
     small.close()
@@ -276,6 +277,7 @@ def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, s
         resumed.set_state(state)  # the cache starts empty: misses decode what hits would have found
         assert _same(_batches(resumed, 40 - k), ref[k:])
         resumed.close()
+    monkeypatch.delenv("CLIPA_DECODE_CACHE_MB")
     # a state saved with the cache is for the cached path (other pixels at some crops): refused without it
     with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as plain, pytest.raises(ClipaError, match="made for"):
         plain.set_state(state)

@@ -11,7 +11,7 @@ thread; each raw sample gets an index, and its crop and text-reduction randomnes
 The saved position is a stream snapshot plus the number of raw samples consumed since it, so samples that were read
 ahead (prefetched) but not handed out are read again after a restore, not lost.
 
-Option ``decode_cache_mb`` (off by default): decode each image once and crop it from memory in later epochs
+Option ``decode_cache_mb`` (off by default; ``CLIPA_DECODE_CACHE_MB`` sets it for runs that do not pass it): decode each image once and crop it from memory in later epochs
 (``DecodeCache``), for the low-resolution stages of datasets that fit in memory; the batches stay a function of the
 samples alone (same with or without hits, so resume and determinism hold), but they are not the uncached path's
 pixel for pixel: every crop is resized from the one decode scale that suits the smallest crop.
@@ -188,7 +188,7 @@ class TrainSource:
         decode_threads: int | None = None,
         prefetch_batches: int = 2,
         fast_decode: bool = True,
-        decode_cache_mb: int = 0,
+        decode_cache_mb: int | None = None,
     ):
         if batch_size <= 0:
             raise ClipaError("batch_size", "must be positive")
@@ -206,6 +206,8 @@ class TrainSource:
         self.decode_threads = default_decode_threads() if decode_threads is None else decode_threads
         self._pool = ThreadPoolExecutor(self.decode_threads, "clipa-decode") if self.decode_threads > 0 else None
         self.prefetch = max(1, prefetch_batches) * batch_size
+        if decode_cache_mb is None:
+            decode_cache_mb = int(os.environ.get("CLIPA_DECODE_CACHE_MB") or 0)
         self.decode_cache_mb = max(0, int(decode_cache_mb))
         self._cache = DecodeCache(self.decode_cache_mb << 20) if self.decode_cache_mb else None
         self._init_pipeline(self.stream.get_state(), 0, {})
@@ -360,7 +362,7 @@ def make_train_source(spec, stage_index: int, process_index: int = 0, process_co
     """The training source for one stage of a run spec, for host ``process_index`` of ``process_count``.
 
     Options (keyword): shuffle_buffer, cycle_length, decode_threads, prefetch_batches, fast_decode,
-    decode_cache_mb (0: off; see ``DecodeCache``).
+    decode_cache_mb (0: off; default: ``CLIPA_DECODE_CACHE_MB`` or 0; see ``DecodeCache``).
     """
     if not 0 <= stage_index < len(spec.stages):
         raise ClipaError("stage", f"stage {stage_index} does not exist (the spec has {len(spec.stages)})")
