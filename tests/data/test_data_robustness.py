@@ -64,7 +64,8 @@ def test_only_broken_shards_is_an_error_not_a_hang(tmp_path, tok):
         _drain([garbage, no_captions], tok, n_batches=1, decode_threads=0)
 
 
-def test_bad_images_and_captions_are_skipped_and_counted(tmp_path, tok):
+@pytest.mark.parametrize("cache_mb", [0, 16])
+def test_bad_images_and_captions_are_skipped_and_counted(tmp_path, tok, cache_mb):
     members = _good_members("g")
     members += sample_members("zero", "zero-byte image", b"")
     members += sample_members("junk", "not an image", b"\x00garbage bytes, not a jpeg" * 10)
@@ -75,7 +76,7 @@ def test_bad_images_and_captions_are_skipped_and_counted(tmp_path, tok):
     members += sample_members("noimg", "a caption without an image")
     members += sample_members("latin", "caf\xe9 cr\xe8me".encode("latin-1"), image_bytes(16, 16, seed=9))
     path = write_tar(tmp_path / "mixed.tar", members)
-    batches, stats = _drain([path], tok, n_batches=12)
+    batches, stats = _drain([path], tok, n_batches=12, decode_cache_mb=cache_mb)
     assert all(b["images"].dtype == np.uint8 for b in batches)
     assert stats["empty_image"] >= 1
     assert stats["bad_image"] >= 2  # junk + truncated jpeg (every epoch)
@@ -131,14 +132,16 @@ def test_palette_transparency_and_one_pixel_images():
     assert events["tiny_image"] == 1
 
 
-def test_tiny_and_odd_images_in_a_shard(tmp_path, tok):
+@pytest.mark.parametrize("cache_mb", [0, 16])
+def test_tiny_and_odd_images_in_a_shard(tmp_path, tok, cache_mb):
     members = _good_members("g", 6)
     members += sample_members("one", "one pixel", image_bytes(1, 1, fmt="PNG"), ext="png")
     members += sample_members("cmyk", "cmyk", image_bytes(20, 20, mode="CMYK"))
     members += sample_members("pal", "palette", image_bytes(20, 20, mode="P", fmt="PNG"), ext="png")
     members += sample_members("alpha", "alpha", image_bytes(20, 20, mode="RGBA", fmt="WEBP"), ext="webp")
     path = write_tar(tmp_path / "odd.tar", members)
-    _, stats = _drain([path], tok, n_batches=5)
+    batches, stats = _drain([path], tok, n_batches=5, decode_cache_mb=cache_mb)
+    assert all(b["images"].shape == (4, 16, 16, 3) for b in batches)
     for k in ("tiny_image", "converted_cmyk", "converted_palette", "converted_alpha"):
         assert stats[k] >= 1, k
     assert "bad_image" not in stats

@@ -11,10 +11,11 @@ thread; each raw sample gets an index, and its crop and text-reduction randomnes
 The saved position is a stream snapshot plus the number of raw samples consumed since it, so samples that were read
 ahead (prefetched) but not handed out are read again after a restore, not lost.
 
-Option ``decode_cache_mb`` (off by default; ``CLIPA_DECODE_CACHE_MB`` sets it for runs that do not pass it): decode each image once and crop it from memory in later epochs
-(``DecodeCache``), for the low-resolution stages of datasets that fit in memory; the batches stay a function of the
-samples alone (same with or without hits, so resume and determinism hold), but they are not the uncached path's
-pixel for pixel: every crop is resized from the one decode scale that suits the smallest crop.
+Option ``decode_cache_mb`` (off by default; ``CLIPA_DECODE_CACHE_MB`` sets it for runs that do not pass it): decode
+each image once and crop it from memory in later epochs (``DecodeCache``), for the low-resolution stages of datasets
+that fit in memory; the batches stay a function of the samples alone (same with or without hits, so resume and
+determinism hold), but they are not the uncached path's pixel for pixel: every crop is resized from the one decode
+scale that suits the smallest crop.
 
 ``make_eval_source(path, image_res, ...)`` reads an evaluation set once, in order (no shuffling, no crop): a folder
 of class subfolders (ImageNet style), or shards whose json carries the class index (``label`` or ``cls``) or that
@@ -130,8 +131,8 @@ class DecodeCache:
     crop at the stage resolution can use), kept as uint8 RGBX, keyed by its place in the shards (shard, byte offset).
 
     The batches depend only on the samples and their generators, never on what is cached: a miss decodes the same
-    base image a hit finds, so resume and determinism are as without the cache (after a restore the cache starts
-    empty and fills again). Images are added until ``max_bytes`` is reached, then no more (no eviction: with shuffled
+    base image a hit finds, so resume and determinism are as without the cache (a restored run starts with an
+    empty cache that fills again; the hit/miss counters are approximate with several threads). Images are added until ``max_bytes`` is reached, then no more (no eviction: with shuffled
     reads an evicting cache would mostly miss). Meant for the low-resolution stages on datasets that fit in memory
     (at 64 px a 256 px JPEG takes 64 KB; at 112-224 px 256 KB: the whole decoded image). Shared by the decode
     threads; a race decodes an image twice, harmlessly.
