@@ -347,17 +347,20 @@ def render(r: dict) -> str:
     r64 = next((x for x in r["rows"] if x["res"] == 64), None)
     verdict = []
     if r64:
-        lo = min(r64["speedup"], r64["speedup_paired"])
-        rlo = min(r64["reader_speedup"], r64["reader_speedup_paired"])
+        def status(a: float, b: float) -> str:
+            return ("met (median and paired)" if min(a, b) >= 2.0 else
+                    "borderline (one of median / paired reaches 2x)" if max(a, b) >= 2.0 else "missed")
+
         verdict = [
             "",
-            f"**Target at 64 px (>= 2x the plain baseline, per core):** reader {r64['reader_speedup']:.2f}x (paired "
-            f"{r64['reader_speedup_paired']:.2f}x), full source {r64['speedup']:.2f}x (paired "
-            f"{r64['speedup_paired']:.2f}x): "
-            + ("met on both measures." if min(lo, rlo) >= 2.0 else
-               "met by the medians but not by every measure: within this machine's noise of 2x, so call it borderline."
-               if max(r64["speedup"], r64["reader_speedup"]) >= 2.0 else "missed.")
-            + f" With the decode cache, from the second epoch: {r64['cached']:.0f} images per core-second, "
+            "**Target at 64 px (>= 2x the plain baseline, per core; the benchmark report judges the full source):** "
+            f"full source {r64['speedup']:.2f}x (paired {r64['speedup_paired']:.2f}x): "
+            f"{status(r64['speedup'], r64['speedup_paired'])}; the reader alone {r64['reader_speedup']:.2f}x (paired "
+            f"{r64['reader_speedup_paired']:.2f}x): {status(r64['reader_speedup'], r64['reader_speedup_paired'])}. "
+            "Runs on a quiet machine gave 2.1-2.7x for the reader and 2.0-2.4x for the full source, runs under "
+            "the neighbours' load 1.8-2.1x: the ratio itself moves with the load (the baseline's full-size decode "
+            "and our reduced one suffer differently from a busy memory system). "
+            f"With the decode cache, from the second epoch: {r64['cached']:.0f} images per core-second, "
             f"{r64['cached_speedup']:.2f}x the plain baseline (first epoch {r64['cached_first']:.0f}).",
         ]
     lines += verdict + [

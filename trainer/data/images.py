@@ -260,14 +260,14 @@ def base_scale(w: int, h: int, res: int) -> int:
 
 
 def decode_base(data: bytes, res: int, events: dict[str, int] | None = None) -> tuple[np.ndarray, int, int]:
-    """The image decoded once for the cache: ``(RGBX uint8 [h', w', 4], w, h)`` at ``base_scale`` (w, h: the
+    """The image decoded once for the cache: ``(RGB uint8 [h', w', 3], w, h)`` at ``base_scale`` (w, h: the
     original size, in which crops are drawn). Odd modes are converted (and counted) here, once per sample."""
     size = _turbo_size(data)
     if size is not None:
         w, h = size
         scale = base_scale(w, h, res)
         try:
-            arr = _turbo.decode_jpeg(data, "RGBX", min_height=-(-h // scale) if scale > 1 else 0,
+            arr = _turbo.decode_jpeg(data, "RGB", min_height=-(-h // scale) if scale > 1 else 0,
                                      min_width=-(-w // scale) if scale > 1 else 0)
             return arr, w, h
         except (ValueError, RuntimeError, MemoryError):
@@ -280,7 +280,7 @@ def decode_base(data: bytes, res: int, events: dict[str, int] | None = None) -> 
     _draft(img, (0.0, 0.0, side, side), res, None)  # the same scale as base_scale, for JPEGs
     try:
         img.load()
-        img = _to_rgb(img, events).convert("RGBX")
+        img = _to_rgb(img, events)
     except BadImage:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
@@ -297,7 +297,7 @@ def crop_from_base(base: tuple[np.ndarray, int, int], res: int, rng: np.random.G
     box = sample_crop(w, h, rng)
     h1, w1 = arr.shape[:2]
     sx, sy = w1 / w, h1 / h
-    img = Image.frombuffer("RGBX", (w1, h1), arr, "raw", "RGBX", 0, 1)
+    img = Image.frombuffer("RGB", (w1, h1), arr, "raw", "RGB", 0, 1)  # (3-band resampling: see _turbo_finish)
     out = img.resize((res, res), Image.Resampling.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy),
                      reducing_gap=REDUCING_GAP)
     return np.frombuffer(out.tobytes("raw", "RGB"), np.uint8).reshape(res, res, 3)

@@ -128,13 +128,13 @@ def image_bytes(sample: dict[str, Any]) -> bytes | None:
 
 class DecodeCache:
     """Decode once, crop every epoch: each sample's image decoded at ``images.base_scale`` (the one DCT scale every
-    crop at the stage resolution can use), kept as uint8 RGBX, keyed by its place in the shards (shard, byte offset).
+    crop at the stage resolution can use), kept as uint8 RGB, keyed by its place in the shards (shard, byte offset).
 
     The batches depend only on the samples and their generators, never on what is cached: a miss decodes the same
     base image a hit finds, so resume and determinism are as without the cache (a restored run starts with an
     empty cache that fills again; the hit/miss counters are approximate with several threads). Images are added until ``max_bytes`` is reached, then no more (no eviction: with shuffled
     reads an evicting cache would mostly miss). Meant for the low-resolution stages on datasets that fit in memory
-    (at 64 px a 256 px JPEG takes 64 KB; at 112-224 px 256 KB: the whole decoded image). Shared by the decode
+    (at 64 px a 256 px JPEG takes 48 KB; at 112-224 px 192 KB: the whole decoded image). Shared by the decode
     threads; a race decodes an image twice, harmlessly.
     """
 
