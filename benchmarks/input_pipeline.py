@@ -296,9 +296,11 @@ def main() -> None:
     Path(args.out).write_text(render(result))
 
 
-BEFORE = ("Before the changes of 2026-11-28 (the run in this file's previous version, same script and machine, "
-          "busier): reader speed-up 0.99x / 1.14x / 1.46x and full source 0.79x / 1.01x / 1.32x at 224 / 112 / 64 px; "
-          "full source 416 / 516 / 724 images per core-second against plain 528 / 513 / 548.")
+BEFORE = ("Before the changes of 2026-11-28 (same script, machine and shards, code at commit a02a0ae): this file's "
+          "previous version (busier machine) had reader speed-ups 0.99x / 1.14x / 1.46x and full source 0.79x / "
+          "1.01x / 1.32x at 224 / 112 / 64 px; a re-run at 17:29 UTC that day, under lighter load, 1.01x / 1.09x / "
+          "1.78x and 1.06x / 1.15x / 1.44x (full source 587 / 899 / 1075 images per core-second against plain 553 / "
+          "779 / 748).")
 
 
 def render(r: dict) -> str:
@@ -357,9 +359,9 @@ def render(r: dict) -> str:
             f"full source {r64['speedup']:.2f}x (paired {r64['speedup_paired']:.2f}x): "
             f"{status(r64['speedup'], r64['speedup_paired'])}; the reader alone {r64['reader_speedup']:.2f}x (paired "
             f"{r64['reader_speedup_paired']:.2f}x): {status(r64['reader_speedup'], r64['reader_speedup_paired'])}. "
-            "Runs on a quiet machine gave 2.1-2.7x for the reader and 2.0-2.4x for the full source, runs under "
-            "the neighbours' load 1.8-2.1x: the ratio itself moves with the load (the baseline's full-size decode "
-            "and our reduced one suffer differently from a busy memory system). "
+            "Other runs of this script while the changes were made (the same code less the last small changes, "
+            "varying load) gave the reader 2.0-2.1x and the full source 1.8-2.1x (paired 1.8-1.9x): the ratio "
+            "moves with the neighbours' load, by more than the margin over 2x. "
             f"With the decode cache, from the second epoch: {r64['cached']:.0f} images per core-second, "
             f"{r64['cached_speedup']:.2f}x the plain baseline (first epoch {r64['cached_first']:.0f}).",
         ]
