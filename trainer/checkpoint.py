@@ -161,7 +161,8 @@ def resolve_checkpoint(path: str | Path, field: str = "checkpoint") -> tuple[Pat
 
 
 def load_params(path: str | Path, field: str = "checkpoint", dtype: str = "float32", remat: str = "none"):
-    """(ModelConfig, params as host-local arrays, meta) of the checkpoint at ``path`` (see ``resolve_checkpoint``)."""
+    """(ModelConfig, params on this process's first device, meta) of the checkpoint at ``path`` (see
+    ``resolve_checkpoint``), also when it was saved by another device layout or number of hosts."""
     from trainer.model import abstract_params
 
     directory, step = resolve_checkpoint(path, field)
@@ -171,7 +172,11 @@ def load_params(path: str | Path, field: str = "checkpoint", dtype: str = "float
         if "model" not in meta:
             raise ClipaError(field, f"{directory}/{step} was not written by this trainer (no model description)")
         cfg = config_from_meta(meta, dtype=dtype, remat=remat)
-        params, _ = store.restore(step, abstract_like(abstract_params(cfg)))
+        # Onto one local device, whatever devices saved it: a multi-host run's checkpoint records that run's
+        # device topology, which orbax refuses to restore without a target layout for this one.
+        abstract = abstract_params(cfg)
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        params, _ = store.restore(step, abstract_like(abstract, jax.tree.map(lambda _: one_device, abstract)))
     finally:
         store.close()
     return cfg, params, meta

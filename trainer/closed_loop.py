@@ -97,6 +97,88 @@ def evaluate_run(spec: RunSpec, run_dir: Path, trained: Any | None = None, limit
     return ev
 
 
+# How long the other processes of a multi-host run wait for process 0's end-of-training evaluation. They wait on the
+# JAX coordination service (a key process 0 sets when done), not in a device collective: collectives time out after
+# seconds on some backends (Gloo: 30 s), while an ImageNet evaluation on one chip takes minutes. If process 0 dies,
+# the coordination service (hosted by process 0) goes with it and the others are terminated; they never hang.
+FINAL_EVAL_WAIT_S = 6 * 3600
+
+
+class EvalFailedElsewhere(RuntimeError):
+    """Process 0's end-of-training evaluation failed with an error that is not bad input (its log has the cause)."""
+
+
+def host_params(params: Any) -> Any:
+    """Every leaf of ``params`` as a numpy array holding the whole parameter, on this host.
+
+    Replicated leaves (``sharding: data``) are copied from a local device. Leaves split over several hosts
+    (``sharding: fsdp``) are all-gathered, a collective: in a multi-process run every process must call this, with
+    the same tree (the decision depends only on each leaf's sharding, which is the same on every process)."""
+    import jax
+    import numpy as np
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, params)
+
+
+def _coordination_client():
+    from jax._src import distributed  # the client jax.distributed.initialize() made (no public accessor in 0.10)
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("a multi-process run without a JAX coordination client")
+    return client
+
+
+def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
+                    wait_s: float = FINAL_EVAL_WAIT_S) -> dict[str, Any]:
+    """``evaluate_run`` of a run's final parameters at the end of ``clipa train``, with any number of processes.
+
+    Every process must call it. One process: ``evaluate_run`` as it is. Several (a multi-host slice): every process
+    gathers the parameters to host memory (``host_params``), then process 0 alone evaluates them on ONE of its own
+    devices, so its numbers are those of a single-process ``clipa eval`` of the same parameters, and writes
+    ``eval.json``; the others wait until it is done (or failed) and return the same top1/top5/n. A computation whose
+    inputs all lie on one local device involves no other process, so nothing here can deadlock on a collective.
+    A ClipaError on process 0 (bad eval data) is raised on every process (exit 2 everywhere, not retried); any
+    other failure there raises ``EvalFailedElsewhere`` on the others."""
+    import jax
+
+    from trainer.model import TrainedModel
+
+    if jax.process_count() == 1:
+        return evaluate_run(spec, run_dir, TrainedModel(cfg, params))
+    full = host_params(params)  # every process, before anyone goes its own way (FSDP leaves need a collective)
+    client = _coordination_client()
+    key = f"clipa/final-eval/{spec.run_id}"
+    if jax.process_index() == 0:
+        try:
+            local = jax.device_put(full, jax.local_devices()[0])
+            ev = evaluate_run(spec, run_dir, TrainedModel(cfg, local))
+        except BaseException as e:  # also KeyboardInterrupt/SIGTERM: the others must not wait for hours
+            status = ({"field": e.field, "message": e.message} if isinstance(e, ClipaError)
+                      else {"error": f"{type(e).__name__}: {e}"})
+            client.key_value_set(key, json.dumps(status))
+            raise
+        client.key_value_set(key, json.dumps({"eval": {k: ev[k] for k in ("run_id", "top1", "top5", "n") if k in ev}}))
+        return ev
+    status = json.loads(client.blocking_key_value_get(key, int(wait_s * 1000)))
+    if "field" in status:
+        raise ClipaError(status["field"], f"{status['message']} (zero-shot evaluation on process 0)")
+    if "error" in status:
+        raise EvalFailedElsewhere(f"zero-shot evaluation failed on process 0: {status['error']}")
+    return status["eval"]
+
+
 def _started_at(run_dir: Path):
     from datetime import datetime
 
@@ -246,8 +328,7 @@ def execute_tpu_run(
     files = _finished_files(spec, run_dir)
     if files is None:
         raise ClipaError("eval_data", f"run {spec.run_id}: trained, but {EVAL_FILE} or {_summary_name()} of this run "
-                                      f"is missing from {last.remote_run_dir} (multi-host runs are not evaluated by "
-                                      "`clipa train` yet); nothing recorded")
+                                      f"is missing from {last.remote_run_dir}; nothing recorded")
     ev, summary = files
     outcomes = [*(o for p in sorted(tpu_dir.glob("outcome-*.json")) if (o := _read_outcome(p)) is not None), last]
     from planner.hardware import get_hardware

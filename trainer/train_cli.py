@@ -3,7 +3,9 @@
 * ``clipa train SPEC [--run-dir DIR] [--synthetic]`` runs or resumes a spec (``trainer.loop.train``). The run
   directory defaults to ``runs/<run_id>`` under the project root (``CLIPA_HOME``). Compiled programs are cached in
   ``RUN_DIR/jax_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a resumed run does not compile again.
-  At the end it writes ``RUN_DIR/train_summary.json`` (steps, final loss, cost meter).
+  At the end it writes ``RUN_DIR/train_summary.json`` (steps, final loss, cost meter) and, with ``eval_data`` in the
+  spec, evaluates the final model zero-shot into ``RUN_DIR/eval.json`` (``closed_loop.evaluate_at_end``: in a
+  multi-process run, process 0 evaluates on one of its devices while the others wait for it).
   Exit codes: 0 done; 2 bad input (one line, as every command); 3 non-finite loss/gradient (the last good
   checkpoint is kept); 128 + signal number after SIGTERM/SIGINT (a checkpoint was saved; rerun to resume).
 * ``clipa eval CHECKPOINT_OR_RUN_DIR --data DIR`` zero-shot evaluates a checkpoint with
@@ -72,7 +74,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train (or resume) a run spec on every device JAX sees: one CPU, a GPU, or a multi-host TPU slice.
 
-        With eval_data in the spec the final model is evaluated zero-shot at the end (single-process runs)."""
+        With eval_data in the spec the final model is evaluated zero-shot at the end (by process 0 of a
+        multi-host run, into RUN_DIR/eval.json)."""
         from planner.spec import load_spec
 
         s = load_spec(spec)
@@ -107,13 +110,16 @@ def register(app: typer.Typer) -> None:
             from planner.store import atomic_write_text
 
             atomic_write_text(rd / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
-        if evaluate and s.eval_data and jax.process_count() == 1:
-            from trainer.closed_loop import evaluate_run
-            from trainer.model import TrainedModel
+        if evaluate and s.eval_data:
+            from trainer.closed_loop import EvalFailedElsewhere, evaluate_at_end
 
-            ev = evaluate_run(s, rd, TrainedModel(result.cfg, result.params))
+            try:  # every process takes part; process 0 evaluates and writes eval.json (multi-host: see its docstring)
+                ev = evaluate_at_end(s, rd, result.cfg, result.params)
+            except EvalFailedElsewhere as e:
+                sys.stderr.write(f"error: {e}\n")
+                raise typer.Exit(1) from None
             summary["eval"] = {k: ev[k] for k in ("top1", "top5", "n") if k in ev}
-            if not json_out:
+            if not json_out and jax.process_index() == 0:
                 sys.stdout.write(f"zero-shot on {s.eval_data}: top-1 {100 * ev['top1']:.2f}%, "
                                  f"top-5 {100 * ev.get('top5', 0.0):.2f}% ({ev.get('n', 0)} samples)\n")
         if json_out:

@@ -65,6 +65,77 @@ def test_two_processes_train_like_one(tmp_path):
     assert meta["data_states"] == [{"kind": "synthetic", "stage": 0, "step": 4}] * 2
 
 
+def _spawn_train(spec_path, run_dir, port: int, devices_per_process: int = 2) -> list[subprocess.Popen]:
+    """``python -m trainer.cli train SPEC --run-dir RUN_DIR`` as 2 processes of one JAX job (what every worker of a
+    2-host slice runs), each with ``devices_per_process`` fake CPU devices."""
+    procs = []
+    for pid in range(2):
+        env = subprocess_env({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                              "JAX_PROCESS_ID": str(pid),
+                              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"})
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer.cli", "train", str(spec_path), "--run-dir",
+                                       str(run_dir), "--no-progress", "--json"], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    from trainer.data.synth import write_synth
+
+    out = tmp_path_factory.mktemp("mp_data") / "tiny"
+    write_synth(out, samples=96, eval_samples=100, resolution=16, shard_size=48, vocab_size=300)
+    return out
+
+
+def _eval_spec(data, **overrides) -> dict:
+    """mu/8 at 16 px, 8 steps of batch 8 (4 rows per process), FSDP: the bigger arrays are split over both
+    processes' devices (so gathering them takes a collective), the small ones stay replicated."""
+    spec = {"name": "mp-eval", "model": "mu/8", "dataset": "local:tiny", "hardware": "cpu-2core",
+            "pricing": "on-demand", "seed": 0, "data": str(data / "train"), "eval_data": str(data / "eval"),
+            "tokenizer": str(data / "tokenizer.json"),
+            "stages": [{"samples": 64, "batch_size": 8, "image_res": 16, "text_len": 8, "lr_base": 0.01,
+                        "init": "scratch"}],
+            "train": {"checkpoint_every_steps": 4, "log_every_steps": 1, "sharding": "fsdp"}}
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.slow  # two JAX processes training 8 steps and one zero-shot evaluation (~40 s on two cores)
+def test_two_processes_evaluate_like_one(tmp_path, eval_data):
+    """`clipa train` as a 2-host job with eval_data: process 0 writes eval.json, both processes exit 0 and report the
+    same numbers, and they are exactly those of a single-process evaluation of the final checkpoint."""
+    import json
+
+    from planner.spec import load_spec
+    from trainer.checkpoint import load_trained
+    from trainer.data.zeroshot import evaluate
+    from trainer.model import embed_images, embed_texts
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(_eval_spec(eval_data)))
+    run_dir = tmp_path / "run"
+    procs = _spawn_train(spec_path, run_dir, _free_port())
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    summaries = [json.loads(out[out.index("{"):]) for out, _ in outs]
+    assert [s["global_step"] for s in summaries] == [8, 8]
+
+    ev = json.loads((run_dir / "eval.json").read_text())
+    spec = load_spec(spec_path)
+    assert ev["run_id"] == spec.run_id and ev["n"] == 100
+    assert summaries[0]["eval"] == summaries[1]["eval"] == {k: ev[k] for k in ("top1", "top5", "n")}
+
+    # The same final parameters, evaluated by one process (what `clipa eval RUN_DIR` does).
+    tm = load_trained(run_dir)
+    final = spec.stages[-1]
+    single = evaluate(spec.eval_data, lambda x: embed_images(tm, x), lambda t: embed_texts(tm, t),
+                      image_res=final.image_res, text_len=final.text_len, tokenizer=spec.tokenizer, spec=spec)
+    assert (ev["top1"], ev["top5"], ev["n"]) == (single["top1"], single["top5"], single["n"])
+    assert ev["retrieval"] == single["retrieval"]
+
+
 @pytest.fixture
 def record_initialize(monkeypatch):
     """Replace JAX's join (it would block waiting for a coordinator) with a recorder of how it was called."""
