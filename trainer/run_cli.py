@@ -104,12 +104,6 @@ def register(app: typer.Typer) -> None:
                                          no_install=no_install, provision_timeout=provision_timeout,
                                          max_attempts=max_attempts, trainer_arg=trainer_arg,
                                          poll_interval=poll_interval)
-                hosts = options.slice_info().hosts
-                if hosts > 1:
-                    # Checked before anything is bought: nothing could be recorded from such a run.
-                    raise ClipaError("slice", f"{options.slice_info().accelerator_type} has {hosts} hosts, and `clipa "
-                                              "train` evaluates only single-process runs, so no result could be "
-                                              "recorded; use a single-host slice (e.g. --slice 8) or `clipa tpu run`")
                 launch[spec.run_id] = (options, make_workers(options, local_workers))
         if dry_run:
             plan_out = []

@@ -156,10 +156,15 @@ def test_dry_run_shows_each_launch_and_creates_nothing(tmp_path, tiny_data, caps
     assert item["run_id"] == run_id and item["launch"]["remote_run_dir"] == f"gs://my-bucket/runs/clipa-{run_id}"
     assert any("gcsfuse" in c[-1] for c in item["launch"]["worker_commands"]["setup"])
     assert not (tmp_path / "runs").exists()
-    # A multi-host slice cannot be recorded (`clipa train` evaluates single-process runs only): refused up front.
+    # A multi-host slice: the trainer starts on every host (`clipa train` evaluates multi-process runs on process 0).
     code, out, err = _cli(["run", str(plan), "--backend", "tpu", "--project", PROJECT, "--zone", ZONE, "--bucket",
-                           "gs://my-bucket/runs", "--slice", "16", "--dry-run"], capsys)
-    assert code == 2 and err.startswith("error: slice: v5litepod-16 has 2 hosts")
+                           "gs://my-bucket/runs", "--run-dir", str(tmp_path / "runs"), "--slice", "16", "--dry-run"],
+                          capsys)
+    assert code == 0, err
+    (item,) = json.loads(out)["runs"]
+    assert (item["launch"]["accelerator_type"], item["launch"]["hosts"]) == ("v5litepod-16", 2)
+    assert [c[8] for c in item["launch"]["worker_commands"]["start"]] == ["--worker=0", "--worker=1"]
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow  # one trainer start-up killed at once, one full run with its eval: about 20 s on two cores
@@ -186,4 +191,28 @@ def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fak
     assert res["device_hours"] == pytest.approx(first["chip_hours"] + second["chip_hours"])
     assert (res["extra"]["tpu_launches"], res["extra"]["tpu_attempts"], res["extra"]["tpu_preemptions"]) == (2, 2, 1)
     assert [p.stem for p in (isolated_home / "results" / "runs").glob("*.json")] == [run_id]
+    assert fake.fake.allocated() == {"queued_resources": [], "nodes": []}
+
+
+@pytest.mark.slow  # two local workers (one JAX job of 2 processes) train and evaluate: about a minute on two cores
+def test_a_multi_host_slice_is_trained_evaluated_and_recorded(tmp_path, tiny_data, fake, isolated_home, capsys):
+    """A v5litepod-16 is 2 hosts: the launcher starts `clipa train` on both (2 processes of one JAX job, local
+    workers here); process 0 evaluates at the end and writes eval.json, which is fetched and recorded."""
+    plan, run_id = _plan(tmp_path, tiny_data)
+    argv = _argv(tmp_path, plan, fake, "--json")
+    argv[argv.index("--slice") + 1] = "16"
+    code, out, err = _cli(argv, capsys)
+    run_dir = tmp_path / "runs" / run_id
+    logs = sorted((run_dir / "tpu" / "logs").rglob("worker-*.log"))
+    assert code == 0, (err[-3000:], [p.read_text()[-3000:] for p in logs])
+    assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
+    (res,) = json.loads(out)["results"]
+    outcome = json.loads((run_dir / "tpu" / "outcome.json").read_text())
+    (attempt,) = outcome["attempts"]
+    assert attempt["end"] == "completed" and attempt["hosts"] == 2 and attempt["worker_exit_codes"] == [0, 0]
+    assert res["extra"]["accelerator_type"] == "v5litepod-16" and res["extra"]["chips"] == 16
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["run_id"] == run_id and res["extra"]["eval_n"] == 32 and res["top1"] == pytest.approx(100 * ev["top1"])
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["global_step"] == 12
     assert fake.fake.allocated() == {"queued_resources": [], "nodes": []}
