@@ -136,6 +136,29 @@ def test_two_processes_evaluate_like_one(tmp_path, eval_data):
     assert ev["retrieval"] == single["retrieval"]
 
 
+@pytest.mark.slow  # two JAX processes training 2 steps (~30 s on two cores)
+def test_a_failed_evaluation_on_process_0_ends_both_processes(tmp_path, eval_data):
+    """Bad eval data surfaces only at the end, on process 0: the waiting process is told and both exit 2 with one line
+    naming the field, promptly (nobody hangs in a collective or waits for hours)."""
+    import json
+    import time
+
+    (tmp_path / "empty").mkdir()
+    spec = _eval_spec(eval_data, eval_data=str(tmp_path / "empty"))
+    spec["stages"][0]["samples"] = 16
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    started = time.monotonic()
+    procs = _spawn_train(tmp_path / "spec.json", tmp_path / "run", _free_port())
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert time.monotonic() - started < 240
+    for pid, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 2, err[-4000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"error: eval_data: {tmp_path / 'empty'} has neither shards"), last
+        assert last.endswith("(zero-shot evaluation on process 0)") == (pid == 1), last
+    assert (tmp_path / "run" / "train_summary.json").exists() and not (tmp_path / "run" / "eval.json").exists()
+
+
 @pytest.fixture
 def record_initialize(monkeypatch):
     """Replace JAX's join (it would block waiting for a coordinator) with a recorder of how it was called."""
