@@ -340,7 +340,8 @@ def render(r: dict) -> str:
         "",
         "Threads (full source; wall clock = total on the machine while the neighbours run):",
         "",
-        "| output px | 1 thread, per CPU-second | 1 thread, wall | 2 threads, wall (total) | 2 threads, per CPU-second |",
+        "| output px | 1 thread, per CPU-second | 1 thread, wall | 2 threads, wall (total) | "
+        "2 threads, per CPU-second |",
         "|---|---|---|---|---|",
     ]
     for row in r["rows"]:
@@ -407,11 +408,18 @@ def render(r: dict) -> str:
         "most 64 px crops) give the same quality (36.5 dB) but only 3-8% on the image side, and would change the "
         "pixels; 5/8-7/8 decode slower than full size (no SIMD).",
         "",
-        "Two threads: per CPU-second two decode threads cost the same per image as one (previous column pair), so "
-        "there is no threading overhead to remove; the old table's '2 threads slower than one thread' compared a "
+        "Two threads: " + "; ".join(
+            f"{row['res']} px: wall {row['ours_2threads']:.0f} with two threads against {row['ours_wall']:.0f} with "
+            f"one, and {row['ours_2threads_cpu'] / row['ours']:.2f}x the one-thread rate per CPU-second"
+            for row in r["rows"]) + ". The old table's '2 threads (total) slower than one thread' compared a "
         "wall-clock rate (2 threads) with a CPU-time rate (1 thread) on a machine whose cores the neighbours were "
-        "using. In wall time the two-thread source does beat the one-thread one; how much depends on how much of "
-        "the second core is free.",
+        "using; the thread pool itself adds no consistent per-image cost (the per-CPU-second ratios scatter around "
+        "1). What two threads gain in wall time is whatever share of the second core the neighbours leave free.",
+        "",
+        "At 112 and 224 px no reduced-size decode is possible (the crops are 162-256 px), so the only gain is the "
+        "decoder's (~300-400 us of the 1.5-2 ms an image takes there) and Pillow's bilinear resize, the same in both "
+        "paths, dominates (~650-900 us at 224 px on the busy machine); the 224 px ratios scatter around 1.0-1.2x "
+        "between runs (the decode-only column even below 1 in one of them).",
         "",
         "Raw runs (images/s):",
         "",

@@ -279,8 +279,9 @@ def test_decode_cache_never_changes_the_batches_and_resumes_exactly(synth_dir, s
         resumed.close()
     monkeypatch.delenv("CLIPA_DECODE_CACHE_MB")
     # a state saved with the cache is for the cached path (other pixels at some crops): refused without it
-    with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as plain, pytest.raises(ClipaError, match="made for"):
-        plain.set_state(state)
+    with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as plain:
+        with pytest.raises(ClipaError, match="made for"):
+            plain.set_state(state)
     # and the cached path gives the same pictures as the direct one up to the decode scale of the larger crops
     with TrainSource(urls, synth_tokenizer, decode_threads=0, **kw) as direct:
         d = _batches(direct, 3)

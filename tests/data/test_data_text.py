@@ -184,11 +184,13 @@ def test_tokenizer_training_is_deterministic(tmp_path):
 def test_word_cache_fast_path_matches_the_library(tok):
     """``encode``'s word-level fast path (printable ASCII) gives exactly the library's ids, for every kind of text."""
     rng = np.random.default_rng(3)
-    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") + list(" \t\n\r.,;:!?'\"-()[]{}<>/\\@#$%^&*_+=~`|")
+    alphabet = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+                + list(" \t\n\r.,;:!?'\"-()[]{}<>/\\@#$%^&*_+=~`|"))
     texts = list(CAPTIONS) + [
         "", " ", "  leading and trailing  ", "multi\t\twhite \n\r space", "it's the dog's ball, isn't it? I'LL go",
         "''s 's 'S 'sa x'sy 're've'm'll'd", "r2d2 and c3po: 1,234.5 -- 99%", "<pad> a <start_of_text> b <end_of_text>",
-        "A <PAD> in capitals", "no<pad>space", "Café crème", "tab\x0bvertical\x0cfeed", "ctrl\x1fsep", "emoji 🙂 here",
+        "A <PAD> in capitals", "no<pad>space", "Café crème", "tab\x0bvertical\x0cfeed", "ctrl\x1fsep",
+        "emoji 🙂 here",
         "ALL CAPS SENTENCE WITH NUMBERS 42", "....!!!???", "a" * 300,
     ]
     for _ in range(300):

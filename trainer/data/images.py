@@ -10,9 +10,9 @@ The fast path for low resolutions, which is where CLIPA spends most of its sampl
    pixels;
 2. colour JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` straight into a numpy buffer: the same library
    and settings as Pillow's own JPEG decoder (accurate DCT, fancy upsampling, the same scale rule), so the pixels are
-   identical (tested), at ~30% less CPU per decode (Pillow adds Python-side header parsing and a per-row unpack). Grey, CMYK/YCCK and
-   non-JPEG images, and anything libjpeg-turbo refuses (truncated, corrupt), take Pillow's path, which counts the
-   conversions and turns undecodable bytes into ``BadImage``;
+   identical (tested), at ~30% less CPU per decode (Pillow adds Python-side header parsing and a per-row unpack).
+   Grey, CMYK/YCCK and non-JPEG images, and anything libjpeg-turbo refuses (truncated, corrupt), take Pillow's path,
+   which counts the conversions and turns undecodable bytes into ``BadImage``;
 3. the crop box is passed to ``resize(box=...)`` instead of cropping first (no intermediate copy);
 4. ``reducing_gap``: Pillow first shrinks by an integer factor with a fast box filter, then resamples the last
    factor below 2 bilinearly (quality within noise of a full bilinear resize at these factors).

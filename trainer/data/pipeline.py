@@ -131,11 +131,11 @@ class DecodeCache:
     crop at the stage resolution can use), kept as uint8 RGB, keyed by its place in the shards (shard, byte offset).
 
     The batches depend only on the samples and their generators, never on what is cached: a miss decodes the same
-    base image a hit finds, so resume and determinism are as without the cache (a restored run starts with an
-    empty cache that fills again; the hit/miss counters are approximate with several threads). Images are added until ``max_bytes`` is reached, then no more (no eviction: with shuffled
-    reads an evicting cache would mostly miss). Meant for the low-resolution stages on datasets that fit in memory
-    (at 64 px a 256 px JPEG takes 48 KB; at 112-224 px 192 KB: the whole decoded image). Shared by the decode
-    threads; a race decodes an image twice, harmlessly.
+    base image a hit finds, so resume and determinism are as without the cache (a restored run starts with an empty
+    cache that fills again). Images are added until ``max_bytes`` is reached, then no more (no eviction: with
+    shuffled reads an evicting cache would mostly miss). Meant for the low-resolution stages on datasets that fit in
+    memory (at 64 px a 256 px JPEG takes 48 KB; at 112-224 px 192 KB: the whole decoded image). Shared by the decode
+    threads; a race decodes an image twice, harmlessly, and the hit/miss counters are approximate with threads.
     """
 
     def __init__(self, max_bytes: int):

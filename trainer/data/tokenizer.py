@@ -83,7 +83,8 @@ class ClipTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._special = {self.sot_id, self.eot_id, self.pad_id}
         self._words: dict[str, list[int]] | None = {} if _is_clip_bpe(tokenizer) else None
-        added = tokenizer.get_added_tokens_decoder().values() if hasattr(tokenizer, "get_added_tokens_decoder") else None
+        added = (tokenizer.get_added_tokens_decoder().values()
+                 if hasattr(tokenizer, "get_added_tokens_decoder") else None)
         self._added = None if added is None else [a.content for a in added] + [a.content.lower() for a in added]
 
     # --- loading / saving -------------------------------------------------------------------------------------
