@@ -112,10 +112,14 @@ def fmt_flops(x: float) -> str:
 
 
 def fmt_usd(x: float) -> str:
+    if 0 < abs(x) < 0.1:  # the CPU profile's sub-cent budgets and runs: significant digits, not "$0.00"
+        return f"${x:.3g}"
     return f"${x:,.2f}" if x < 100 else f"${x:,.0f}"
 
 
 def fmt_hours(x: float) -> str:
+    if 0 < abs(x) < 0.1:
+        return f"{x:.2g}"
     return f"{x:,.2f}" if x < 10 else f"{x:,.0f}"
 
 
@@ -311,9 +315,11 @@ def plan(
 
 
 def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
+    from planner.datasets import is_local
+
     hw, pr = body["hardware"], body["pricing"]
     console.print(
-        f"[bold]clipa plan[/bold]: ${body['budget_usd']:,.2f} on {hw} ({pr}), dataset {body['dataset']}, "
+        f"[bold]clipa plan[/bold]: {fmt_usd(body['budget_usd'])} on {hw} ({pr}), dataset {body['dataset']}, "
         f"objective {body['objective']}; fit {body['fit_version']}"
     )
     console.print(f"{body['candidates_considered']:,} candidates priced, {body['candidates_within_budget']:,} within budget")
@@ -346,10 +352,11 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
     console.print(o)
     c = body["chosen"]
     if c["cost_usd"] < 0.5 * body["budget_usd"]:
+        where = ("among the candidates ranked first (see the note above)" if is_local(body["dataset"])
+                 else "within the searched recipes (up to bigG/14 and 32B samples)")
         console.print(
-            f"note: the best plan spends ${c['cost_usd']:,.0f} of ${body['budget_usd']:,.0f}: within the searched "
-            "recipes (up to bigG/14 and 32B samples) the fitted law predicts no gain from spending more "
-            "(repeated data stops paying off)."
+            f"note: the best plan spends {fmt_usd(c['cost_usd'])} of {fmt_usd(body['budget_usd'])}: {where} the "
+            "fitted law predicts no gain from spending more (ties go to the cheaper plan)."
         )
     console.print(f"plan written to {plan_dir}/plan.json; run spec: {c['spec']}")
     console.print(f"execute with:  clipa run {plan_dir}")
