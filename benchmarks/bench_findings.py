@@ -164,7 +164,9 @@ def findings(r: dict[str, Any]) -> list[str]:
     if r64:
         over = 1 / r64["ours"] - 1 / r64["ours_decode"]
         sp, sp_p = r64["speedup"], r64.get("speedup_paired", r64["speedup"])
-        status = ("met" if min(sp, sp_p, r64["reader_speedup"]) >= 2.0 else
+        status = (("met in this run, by less than this shared machine's run-to-run swing (other runs of the same "
+                   "code under other load gave 1.8-2.1x; see `benchmarks/input_pipeline.md`)")
+                  if 2.0 <= min(sp, sp_p) < 2.2 else "met" if min(sp, sp_p) >= 2.0 else
                   "borderline: the medians reach 2x, not every measure" if max(sp, r64["reader_speedup"]) >= 2.0
                   else "missed")
         jd = inp.get("jpeg_decode_us", {})
@@ -189,23 +191,15 @@ def findings(r: dict[str, Any]) -> list[str]:
                   f"({f(r64['cached_speedup'])}x the plain baseline).", ""]
         if ex:
             pc = ex["per_core"]
-            dec = r64["ours_decode"]
-            rate128 = 1 / (over + 1 / (dec * pc["ours@128"] / pc["ours@256"]))
-            rate_cache = 1 / (over + 1 / (dec * pc["cache@80"] / pc["ours@256"]))
-            rate_cache_tok = 1 / (over - 1 / pc["tokenize"] + 1 / (dec * pc["cache@80"] / pc["ours@256"]))
-            L += ["Measured fixes (`bench_input_extra.py`, image side only, per core, same scenes; the full-source "
-                  "rates are estimated from these and the overhead above):", ""]
-            L += table(["path at 64 px", "image decode /core", "vs plain decode", "full source /core (est.)",
-                        "vs plain full source"], [
-                ["current: 256 px JPEG, draft + reducing gap", f(pc["ours@256"], 0),
-                 f(pc["ours@256"] / pc["plain@256"]) + "x", f(r64["ours"], 0), f(r64["speedup"]) + "x"],
+            L += ["Candidate fixes measured before the decoder change (`bench_input_extra.py`, image side only, per "
+                  "core, same scenes, Pillow decoder; the ratios, not the rates, carry over):", ""]
+            L += table(["path at 64 px", "image decode /core", "vs plain decode"], [
+                ["256 px JPEG, draft + reducing gap (the path then)", f(pc["ours@256"], 0),
+                 f(pc["ours@256"] / pc["plain@256"]) + "x"],
                 ["shards stored at 128 px (2x the stage resolution) for the low-resolution stages",
-                 f(pc["ours@128"], 0), f(pc["ours@128"] / pc["plain@256"]) + "x", f(rate128, 0),
-                 f(rate128 / r64["plain"]) + "x"],
+                 f(pc["ours@128"], 0), f(pc["ours@128"] / pc["plain@256"]) + "x"],
                 ["decode once, cache uint8 at 80 px, random-resized crop from the array", f(pc["cache@80"], 0),
-                 f(pc["cache@80"] / pc["plain@256"]) + "x", f(rate_cache, 0), f(rate_cache / r64["plain"]) + "x"],
-                ["... and captions tokenized once (cached ids)", "", "", f(rate_cache_tok, 0),
-                 f(rate_cache_tok / r64["plain"]) + "x"],
+                 f(pc["cache@80"] / pc["plain@256"]) + "x"],
             ])
             L += ["", "Done since (trainer/data): the decode cache (above, measured in the pipeline's own run). "
                       "Still proposed: for the low-resolution pre-training stages, read shards written at about 2x "
