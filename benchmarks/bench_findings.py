@@ -255,10 +255,13 @@ def findings(r: dict[str, Any]) -> list[str]:
     fl = c.get("fit_local") or {}
     if fl:
         pp = fl["params"]
+        now = c.get("current") or {}
+        applied = bool(now) and abs(now["peak_flops"] / fl["peak_flops"] - 1) < 0.01 and abs(now["max"] - pp["max"]) < 0.01
         L += ["### 6. cpu-2core profile", "",
-              f"The current profile is optimistic for the local loop's towers (median planner/measured "
+              ("**Applied on 2026-11-28** (budgets/hardware.yaml). Before, t" if applied else "T") +
+              f"he profile when measured was optimistic for the local loop's towers (median planner/measured "
               f"{f(c.get('current_median_ratio'), 2)}: a run planned for 10 minutes takes ~"
-              f"{10 / c['current_median_ratio']:.0f}). Proposed for `budgets/hardware.yaml` cpu-2core: "
+              f"{10 / c['current_median_ratio']:.0f}). " + ("Now" if applied else "Proposed for") + " `budgets/hardware.yaml` cpu-2core: "
               f"`peak_flops: {fl['peak_flops']:.3g}` (measured; bfloat16 is slower here, keep float32), "
               f"`mfu: {{max: {pp['max']:.2f}, tokens_half: {pp['tokens_half']:.0f}, width_half: "
               f"{pp['width_half']:.0f}}}` (residuals in the calibration section). It is fitted on mu/mini/xs, the only "

@@ -271,17 +271,23 @@ def fit_mfu(points: list[dict], peak_flops: float) -> dict | None:
     }
 
 
+PROFILE_BEFORE_REFIT = {"peak_flops": 180e9, "max": 0.75, "tokens_half": 4.0, "width_half": 60.0}
+
+
 def mfu_calibration(rows: list[dict], peak: dict) -> dict:
     from planner.hardware import get_hardware
 
     hw = get_hardware("cpu-2core")
     cur = {"peak_flops": hw.peak_flops, "max": hw.mfu.max, "tokens_half": hw.mfu.tokens_half,
            "width_half": hw.mfu.width_half}
+    # the planner column of the stored train-step results was computed with the profile of their day; results/
+    # holds runs of 2026-11-28 made before the refit below was applied to budgets/hardware.yaml
+    when = next((r["planner_profile"] for r in rows if r.get("planner_profile")), PROFILE_BEFORE_REFIT)
     local = [r for r in rows if "step_s" in r and r["model"] in ("mu/8", "mini/8", "xs/8") and r["res"] <= 64
              and r.get("mask", "none") == "none"]
     allm = [r for r in rows if "step_s" in r and r.get("mask", "none") == "none"]
     measured_peak = ((peak.get("float32") or {}).get("best") or hw.peak_flops / 1e9) * 1e9
-    out = {"current": cur, "measured_f32_peak": measured_peak, "points": [], "points_all": []}
+    out = {"current": cur, "when_measured": when, "measured_f32_peak": measured_peak, "points": [], "points_all": []}
     for r in local:
         out["points"].append({k: r[k] for k in ("label", "model", "res", "text", "batch", "tokens_per_sample",
                                                  "image_width", "flops_per_sample", "measured_s_per_sample",
@@ -294,7 +300,7 @@ def mfu_calibration(rows: list[dict], peak: dict) -> dict:
         for p in pts:
             p["planner_over_measured"] = p["planner_s_per_sample"] / p["measured_s_per_sample"]
     out["fit_local"] = fit_mfu(out["points"], measured_peak)
-    out["fit_local_catalog_peak"] = fit_mfu(out["points"], hw.peak_flops)
+    out["fit_local_catalog_peak"] = fit_mfu(out["points"], when["peak_flops"])
     out["fit_all"] = fit_mfu(out["points_all"], measured_peak)
     if out["points"]:
         import numpy as np

@@ -130,7 +130,8 @@ def _peak(r) -> list[str]:
     bf = p.get("bfloat16") or {}
     L += ["", f"**MFU denominator (float32 peak): {f(f32.get('best'), 1)} GFLOP/s** (wall, clean: "
               f"{f(f32.get('wall'), 1)}; by CPU time: {f(f32.get('cpu'), 1)}). bfloat16: {f(bf.get('best'), 1)} "
-              "GFLOP/s. `budgets/hardware.yaml` cpu-2core assumes 180 GFLOP/s.", ""]
+              f"GFLOP/s. `budgets/hardware.yaml` cpu-2core assumes "
+              f"{((r.get('mfu_calibration') or {}).get('current') or {}).get('peak_flops', 0) / 1e9:.0f} GFLOP/s.", ""]
     pv = r.get("peak_variants") or {}
     vrows = []
     for lab, flag in (("onednn", "--xla_cpu_use_onednn=true"), ("xnnpack", "--xla_cpu_use_xnnpack=true")):
@@ -335,9 +336,9 @@ def _planner(r) -> list[str]:
 
 def _calibration(r) -> list[str]:
     c = r.get("mfu_calibration") or {}
-    cur = c.get("current", {})
+    cur = c.get("when_measured") or c.get("current", {})
     L = ["## cpu-2core profile: planner prediction vs measurement, and a refit", "",
-         f"`planner.cost.seconds_per_sample(model, stage, cpu-2core)` (current profile: peak "
+         f"`planner.cost.seconds_per_sample(model, stage, cpu-2core)` (profile when measured: peak "
          f"{cur.get('peak_flops', 0) / 1e9:.0f} GFLOP/s, mfu max {cur.get('max')}, tokens_half "
          f"{cur.get('tokens_half')}, width_half {cur.get('width_half')}) against the measured seconds per sample of "
          "the tiny towers at 16-64 px (the local closed loop's search space: mu/8, mini/8, xs/8; batch 128, plus "
@@ -364,6 +365,12 @@ def _calibration(r) -> list[str]:
                   f"`mfu: {{max: {pp['max']:.3f}, tokens_half: {pp['tokens_half']:.1f}, width_half: "
                   f"{pp['width_half']:.1f}}}`: rms log residual {fl['rms_log_residual']:.3f} (from "
                   f"{f(c.get('current_rms_log_residual'), 3)}), worst point {fl['max_abs_residual_pct']:.0f}% off."]
+        now = c.get("current") or {}
+        if now and abs(now["peak_flops"] / fl["peak_flops"] - 1) < 0.01 and abs(now["max"] - pp["max"]) < 0.01:
+            L += ["", f"Applied to `budgets/hardware.yaml` on 2026-11-28 (now: peak {now['peak_flops'] / 1e9:.0f} "
+                      f"GFLOP/s, mfu max {now['max']}, tokens_half {now['tokens_half']}, width_half "
+                      f"{now['width_half']}); the closed loop's next pilot used 0.75x of its designed device time "
+                      "(`docs/closed_loop.md`)."]
         fc = c.get("fit_local_catalog_peak")
         if fc:
             q = fc["params"]
