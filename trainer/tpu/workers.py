@@ -169,10 +169,15 @@ class WorkerExec(ABC):
 VENV_PYTHON = "venv/bin/python"
 
 
+# The checkout's optional dependencies a worker installs (pyproject.toml): gcsfs, so that the trainer reads gs:// data.
+WORKER_EXTRA = "tpu"
+
+
 def install_script() -> str:
     """The remote install step, run in WORKDIR on every worker: unpack the shipped source, make a Python 3.11 venv
-    with uv, and install the checkout (editable: the catalog in budgets/ is read from the checkout) with the JAX
-    version this checkout pins, built for TPU. Only constants go into it; no spec-derived text."""
+    with uv, and install the checkout (editable: the catalog in budgets/ is read from the checkout) with its
+    ``WORKER_EXTRA`` extra (gcsfs) and the JAX version this checkout pins, built for TPU. Only constants go into it;
+    no spec-derived text."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -184,7 +189,8 @@ def install_script() -> str:
         f"tar -xzf {SOURCE_ARCHIVE}",
         "python3 -m pip install --quiet --user uv",
         f"{uv} venv --quiet --python 3.11 venv",
-        f"{uv} pip install --quiet --python {VENV_PYTHON} -e ./clipa {shlex.quote(jax_req)}",
+        f"{uv} pip install --quiet --python {VENV_PYTHON} -e {shlex.quote(f'./clipa[{WORKER_EXTRA}]')} "
+        f"{shlex.quote(jax_req)}",
     ])
 
 
