@@ -108,25 +108,27 @@ class EvalFailedElsewhere(RuntimeError):
     """Process 0's end-of-training evaluation failed with an error that is not bad input (its log has the cause)."""
 
 
-def host_params(params: Any) -> Any:
-    """Every leaf of ``params`` as a numpy array holding the whole parameter, on this host.
+def whole_params(params: Any, device: Any | None) -> Any:
+    """Every leaf of ``params`` whole, as a single-device array on ``device`` (one of this process's devices), or
+    nothing (None) when ``device`` is None.
 
-    Replicated leaves (``sharding: data``) are copied from a local device. Leaves split over several hosts
-    (``sharding: fsdp``) are all-gathered, a collective: in a multi-process run every process must call this, with
-    the same tree (the decision depends only on each leaf's sharding, which is the same on every process)."""
+    Replicated leaves (``sharding: data``) are taken from a local copy, device to device (no copy where it already
+    lies on ``device``). Leaves split over several hosts (``sharding: fsdp``) are all-gathered one at a time, a
+    collective: in a multi-process run every process must call this with the same tree (which leaves need it depends
+    only on their shardings, the same on every process), also the ones that keep nothing."""
     import jax
     import numpy as np
 
     def one(x):
-        if not isinstance(x, jax.Array):
-            return np.asarray(x)
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        if x.is_fully_addressable:
-            return np.asarray(x)
-        from jax.experimental import multihost_utils
+        if isinstance(x, jax.Array) and x.is_fully_replicated:
+            whole = x.addressable_data(0)
+        elif isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+            whole = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        else:
+            whole = x
+        return None if device is None else jax.device_put(whole, device)
 
     return jax.tree.map(one, params)
 
@@ -144,11 +146,12 @@ def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
                     wait_s: float = FINAL_EVAL_WAIT_S) -> dict[str, Any]:
     """``evaluate_run`` of a run's final parameters at the end of ``clipa train``, with any number of processes.
 
-    Every process must call it. One process: ``evaluate_run`` as it is. Several (a multi-host slice): every process
-    gathers the parameters to host memory (``host_params``), then process 0 alone evaluates them on ONE of its own
-    devices, so its numbers are those of a single-process ``clipa eval`` of the same parameters, and writes
-    ``eval.json``; the others wait until it is done (or failed) and return the same top1/top5/n. A computation whose
-    inputs all lie on one local device involves no other process, so nothing here can deadlock on a collective.
+    Every process must call it. One process: ``evaluate_run`` as it is. Several (a multi-host slice): the whole
+    parameters are put on ONE of process 0's devices (``whole_params``, which every process takes part in), and
+    process 0 alone evaluates them there, so its numbers are those of a single-process ``clipa eval`` of the same
+    parameters, and writes ``eval.json``; the others wait until it is done (or failed) and return the same
+    top1/top5/n. A computation whose inputs all lie on one local device involves no other process, so nothing here
+    can deadlock on a collective.
     A ClipaError on process 0 (bad eval data) is raised on every process (exit 2 everywhere, not retried); any
     other failure there raises ``EvalFailedElsewhere`` on the others."""
     import jax
@@ -157,12 +160,13 @@ def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
 
     if jax.process_count() == 1:
         return evaluate_run(spec, run_dir, TrainedModel(cfg, params))
-    full = host_params(params)  # every process, before anyone goes its own way (FSDP leaves need a collective)
+    # Every process, before anyone goes its own way (FSDP leaves need a collective); process 0 keeps them.
+    device = jax.local_devices()[0] if jax.process_index() == 0 else None
+    local = whole_params(params, device)
     client = _coordination_client()
     key = f"clipa/final-eval/{spec.run_id}"
     if jax.process_index() == 0:
         try:
-            local = jax.device_put(full, jax.local_devices()[0])
             ev = evaluate_run(spec, run_dir, TrainedModel(cfg, local))
         except BaseException as e:  # also KeyboardInterrupt/SIGTERM: the others must not wait for hours
             status = ({"field": e.field, "message": e.message} if isinstance(e, ClipaError)
