@@ -156,9 +156,6 @@ def test_reader_lists_and_reads_gs_shards(fake_gcs, tiny_data):
     assert any(r.startswith("/download/storage/v1/b/") or "alt=media" in r for r in fake_gcs.requests)
 
 
-@pytest.mark.xfail(strict=True, reason="EvalSource looks for classes.txt/templates.txt with local Path checks only "
-                   "(trainer/data/pipeline.py EvalSource._find_metadata): a gs:// eval set gets no class names, so "
-                   "zero-shot evaluation of gs:// eval_data fails")
 def test_eval_source_reads_gs_eval_split(fake_gcs, tiny_data):
     from trainer.data.pipeline import make_eval_source
 

@@ -24,6 +24,8 @@ have a ``.cls`` member; images are resized directly to the eval resolution.
 
 from __future__ import annotations
 
+import posixpath
+
 import functools
 import json
 import os
@@ -413,6 +415,23 @@ def _sample_label(sample: dict[str, Any]) -> int | None:
     return None
 
 
+def _is_url(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if _is_url(folder) else str(Path(folder) / name)
+
+
+def _exists(path: str) -> bool:
+    if not _is_url(path):
+        return Path(path).exists()
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
 class EvalSource:
     """An evaluation set, read in order once per iteration: batches of ``{"images", "labels", "texts"}``.
 
@@ -445,7 +464,13 @@ class EvalSource:
             # hosts evaluate disjoint shards; with fewer shards than hosts every host evaluates all of them
             self._shards = split_shards(shards, process_index, process_count) if len(shards) >= process_count \
                 else shards
-            self._find_metadata(p if p.is_dir() else p.parent)
+            if _is_url(self.path):
+                # a bucket folder of shards (or a shard / brace / glob pattern in one): its metadata sits beside
+                is_folder = not (self.path.endswith(".tar") or any(ch in self.path for ch in "{*?["))
+                folder = self.path.rstrip("/") if is_folder else posixpath.dirname(self.path)
+                self._find_metadata(folder)
+            else:
+                self._find_metadata(str(p if p.is_dir() else p.parent))
 
     @property
     def has_captions(self) -> bool:
@@ -457,14 +482,16 @@ class EvalSource:
         first = next(iter_shard_samples(self._shards[0], 0, None), None)
         return bool(first and first.get("txt", b"").strip())
 
-    def _find_metadata(self, folder: Path) -> None:
+    def _find_metadata(self, folder: str) -> None:
+        """``classes.txt`` / ``templates.txt`` in ``folder`` or its parent (local paths or bucket URLs)."""
         from trainer.data.zeroshot import load_classnames, load_templates
 
-        for d in (folder, folder.parent):
-            if self.classnames is None and (d / "classes.txt").exists():
-                self.classnames = load_classnames(d / "classes.txt")
-            if self.templates is None and (d / "templates.txt").exists():
-                self.templates = load_templates(d / "templates.txt")
+        parent = posixpath.dirname(folder.rstrip("/")) if _is_url(folder) else str(Path(folder).parent)
+        for d in (folder, parent):
+            if self.classnames is None and _exists(_join(d, "classes.txt")):
+                self.classnames = load_classnames(_join(d, "classes.txt"))
+            if self.templates is None and _exists(_join(d, "templates.txt")):
+                self.templates = load_templates(_join(d, "templates.txt"))
 
     def _init_folder(self, root: Path) -> None:
         from trainer.data.zeroshot import imagenet_classnames, openai_templates
@@ -478,7 +505,7 @@ class EvalSource:
                 if f.suffix.lower() in _IMG_SUFFIXES:
                     files.append((str(f), i))
         self._files = files[self.process_index :: self.process_count]
-        self._find_metadata(root)
+        self._find_metadata(str(root))
         if self.classnames is None:
             if len(classes) == 1000 and all(c.startswith("n") and c[1:].isdigit() for c in classes):
                 # ImageNet's folders are WordNet ids; their sorted order is the standard class index order

@@ -46,8 +46,19 @@ def openai_templates() -> list[str]:
     return _asset_lines("clip_templates.txt")
 
 
+def _read_text(path: str | Path) -> str:
+    """A local file's text, or a bucket object's (``gs://...``, through fsspec)."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(text, "rt", encoding="utf-8") as f:
+            return f.read()
+    return Path(text.removeprefix("file://")).read_text(encoding="utf-8")
+
+
 def load_classnames(path: str | Path) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in _read_text(path).splitlines()]
     names = [ln for ln in lines if ln]
     if not names:
         raise ClipaError("classes", f"{path} lists no class names")
@@ -55,7 +66,7 @@ def load_classnames(path: str | Path) -> list[str]:
 
 
 def load_templates(path: str | Path) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in _read_text(path).splitlines()]
     templates = [ln for ln in lines if ln]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
