@@ -247,6 +247,20 @@ def build_result(
     )
 
 
+def _already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None:
+    """The "skipped" outcome of a run that has a result already (runs are recorded once), else None."""
+    if has_result(spec.run_id, runs_dir):
+        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    return None
+
+
+def _open_run_dir(run_dir: Path):
+    """The run directory (created) and when its run started (kept across resumes)."""
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, _started_at(run_dir)
+
+
 def execute_run(
     spec: RunSpec,
     run_dir: Path,
@@ -257,16 +271,14 @@ def execute_run(
     eval_limit: int | None = None,
 ) -> RunOutcome:
     """Train, evaluate and record ``spec`` (locally), resuming or skipping whatever is already done."""
-    if has_result(spec.run_id, runs_dir):
-        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    if (done := _already_recorded(spec, runs_dir)) is not None:
+        return done
     preflight(spec)
     from planner.hardware import get_hardware
     from trainer.loop import train
     from trainer.model import TrainedModel
 
-    run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started = _started_at(run_dir)
+    run_dir, started = _open_run_dir(run_dir)
     trained = None
     if not (run_dir / EVAL_FILE).exists():
         tr = train(spec, run_dir, progress=progress)
@@ -305,14 +317,12 @@ def execute_tpu_run(
     recorded without launching again; otherwise the launch resumes from the checkpoints in the bucket. A launch that
     fails records nothing and raises a ClipaError saying why.
     """
-    if has_result(spec.run_id, runs_dir):
-        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    if (done := _already_recorded(spec, runs_dir)) is not None:
+        return done
     preflight(spec)
     from trainer.tpu.launcher import LAUNCHER_DIR, run_on_tpu
 
-    run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started = _started_at(run_dir)
+    run_dir, started = _open_run_dir(run_dir)
     tpu_dir = run_dir / LAUNCHER_DIR
     last = _read_outcome(tpu_dir / OUTCOME_FILE)
     if last is not None and not (last.status == "succeeded" and _finished_files(spec, run_dir)):
