@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,10 @@ class Checkpoints:
                 create=not read_only,
                 enable_async_checkpointing=async_save and not read_only,
                 cleanup_tmp_directories=not read_only,
+                # Step folders are created before save() returns, not by a background thread: when that thread fails
+                # (the folder turned read-only, the disk filled) the array writers wait for its "created" signal
+                # until orbax's 300 s coordination timeout; created here, the failure is an OSError at once.
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             ),
         )
 
@@ -109,7 +114,25 @@ class Checkpoints:
         items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if opt_state is not None:
             items["opt"] = ocp.args.StandardSave(opt_state)
-        self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+        # orbax first waits for the previous (asynchronous) save: a failure of that one surfaces here
+        self._orbax_write(lambda: self._mngr.save(step, args=ocp.args.Composite(**items), force=True), step)
+
+    def _orbax_write(self, call, step: int | None):
+        """Run an orbax write call; a failed checkpoint write (this one or the previous asynchronous one) becomes one
+        ClipaError naming the folder and the last finished checkpoint instead of orbax's traceback."""
+        try:
+            return call()
+        except ClipaError:
+            raise
+        except Exception as e:  # tensorstore reports EROFS/ENOSPC as ValueError, the file system as OSError
+            latest = self.latest_step()
+            what = f"checkpoint {step}" if step is not None else "a checkpoint"
+            # tensorstore's messages carry its whole JSON spec and nested paths; the OS reason is what matters
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" [tensorstore_spec=")[0]
+            os_reason = re.search(r":\s*([^:\"\[]+?)\s*\[os_error_code=", first)
+            first = os_reason.group(1) if os_reason else (first if len(first) <= 400 else first[:400] + " ...")
+            raise ClipaError("checkpoint", f"writing {what} in {self.directory} failed: {first}; the last finished "
+                             f"checkpoint is {'step ' + str(latest) if latest is not None else 'none'}") from None
 
     def _check_writable(self, step: int) -> None:
         """A ClipaError now when the folder cannot take a file (read-only, full, permissions). Orbax's asynchronous
@@ -139,7 +162,7 @@ class Checkpoints:
         return out.params, (out.opt if abstract_opt is not None else None)
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        self._orbax_write(self._mngr.wait_until_finished, None)
 
     def close(self) -> None:
         self._mngr.close()

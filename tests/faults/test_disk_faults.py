@@ -5,8 +5,9 @@ read-only, and the same ``clipa train`` is restarted: it resumes from checkpoint
 with one line naming the problem (exit 2) instead of orbax's background threads failing and waiting out a 300 s
 signal timeout; afterwards (outside the namespace) checkpoint 4 is intact and restores.
 
-Known gap (see REPORT.md): a folder that turns read-only while orbax is already writing a checkpoint still makes
-orbax's sibling threads wait out their timeout before the run fails."""
+And a folder that turns read-only while orbax is already writing a checkpoint in the background: the write fails
+and ``Checkpoints.wait`` raises one ClipaError within seconds (it used to hang for orbax's 300 s signal timeout,
+because the step folder was created by a background thread the array writers waited for)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,38 @@ def test_read_only_checkpoint_folder_stops_with_one_line_and_keeps_the_last_chec
 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
     assert not [p for p in (rd / "checkpoints").iterdir() if "orbax-checkpoint-tmp" in p.name]
+
+
+DURING_WRITE = r"""
+import os, subprocess, sys, time
+import jax.numpy as jnp
+from planner.errors import ClipaError
+from trainer.checkpoint import Checkpoints
+mnt = sys.argv[1]
+subprocess.run(["mount", "--bind", mnt, mnt], check=True)
+store = Checkpoints(os.path.join(mnt, "checkpoints"))
+start = time.monotonic()
+store.save(1, {"w": jnp.ones((128, 1024, 1024), jnp.float32)}, None, {"step": 1})  # 512 MB: still being written
+subprocess.run(["mount", "-o", "remount,bind,ro", mnt], check=True)
+try:
+    store.wait()
+    print("RESULT finished-before-remount")
+except ClipaError as e:
+    print(f"RESULT error {time.monotonic() - start:.1f} {e.field} | {e}")
+"""
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="unshare -m (a private mount namespace) is not permitted here")
+def test_folder_turning_read_only_during_a_write_fails_at_once(tmp_path):
+    import sys
+
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(["unshare", "-m", sys.executable, "-c", DURING_WRITE, str(tmp_path / "mnt")], cwd=REPO,
+                          env=clipa_env(tmp_path / "home"), capture_output=True,
+                          text=True, timeout=240)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), proc.stderr[-3000:])
+    assert line.startswith("RESULT error"), line
+    _, _, seconds, field, message = line.split(" ", 4)
+    assert field == "checkpoint" and "Read-only file system" in message and "last finished checkpoint is none" in message
+    assert float(seconds) < 60  # not orbax's 300 s signal timeout
+    assert "tensorstore_spec" not in message and len(message) < 700
