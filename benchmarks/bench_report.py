@@ -248,27 +248,21 @@ def fit_mfu(points: list[dict], peak_flops: float) -> dict | None:
 
     fit3 = least_squares(resid_attn, [*fit.x, 1.0], bounds=([1e-3, 0, 0, 1e-3], [1.0, 1e4, 1e5, 1e4]))
     r3 = resid_attn(fit3.x)
-    return {
-        "peak_flops": peak_flops,
-        "params": {"max": float(fit.x[0]), "tokens_half": float(fit.x[1]), "width_half": float(fit.x[2])},
-        "rms_log_residual": float(np.sqrt(np.mean(r**2))),
-        "max_abs_residual_pct": float(100 * np.max(np.abs(np.exp(r) - 1))),
-        "residuals": [float(x) for x in r],
-        "with_step_overhead": {
-            "params": {"max": float(fit2.x[0]), "tokens_half": float(fit2.x[1]), "width_half": float(fit2.x[2]),
-                       "step_overhead_s": float(fit2.x[3])},
-            "rms_log_residual": float(np.sqrt(np.mean(r2**2))),
-            "max_abs_residual_pct": float(100 * np.max(np.abs(np.exp(r2) - 1))),
-            "residuals": [float(x) for x in r2],
-        },
-        "with_attention_penalty": {
-            "params": {"max": float(fit3.x[0]), "tokens_half": float(fit3.x[1]), "width_half": float(fit3.x[2]),
-                       "attn_ratio": float(fit3.x[3])},
-            "rms_log_residual": float(np.sqrt(np.mean(r3**2))),
-            "max_abs_residual_pct": float(100 * np.max(np.abs(np.exp(r3) - 1))),
-            "residuals": [float(x) for x in r3],
-        },
-    }
+    return {"peak_flops": peak_flops,
+            **_fit_summary(fit.x, r, ()),
+            "with_step_overhead": _fit_summary(fit2.x, r2, ("step_overhead_s",)),
+            "with_attention_penalty": _fit_summary(fit3.x, r3, ("attn_ratio",))}
+
+
+def _fit_summary(x, resid, extra_names: tuple[str, ...]) -> dict:
+    """One MFU fit's parameters (max, tokens_half, width_half, then ``extra_names``) and its log residuals."""
+    import numpy as np
+
+    names = ("max", "tokens_half", "width_half", *extra_names)
+    return {"params": {n: float(v) for n, v in zip(names, x)},
+            "rms_log_residual": float(np.sqrt(np.mean(resid**2))),
+            "max_abs_residual_pct": float(100 * np.max(np.abs(np.exp(resid) - 1))),
+            "residuals": [float(v) for v in resid]}
 
 
 PROFILE_BEFORE_REFIT = {"peak_flops": 180e9, "max": 0.75, "tokens_half": 4.0, "width_half": 60.0}

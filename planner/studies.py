@@ -287,13 +287,13 @@ def predict_study(fit: StudyFit, features: pd.DataFrame) -> pd.DataFrame:
     pf = np.clip(mean / 100.0, 0.0, 1.0)
     binom = 100.0 * np.sqrt(pf * (1 - pf) / max(fit.eval_n, 1))
     var = var + np.maximum(fit.sigma**2, binom**2)
-    excess = range_excess(fit.ranges, features)
+    samples_excess, other_excess = range_excess(fit.ranges, features)
+    excess = samples_excess + other_excess
     half = fit.t_quantile * np.sqrt(var) * (1.0 + WIDEN_PER_LOG * excess)
-    samples_excess = _beyond(features["total_samples"].to_numpy(float), *fit.ranges["total_samples"])
     return pd.DataFrame({"predicted_top1": mean, "low": np.clip(mean - half, 0.0, 100.0),
                          "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": excess > 1e-9,
                          # how far outside the study's range, in log units: in samples, and on every other axis
-                         "samples_excess": samples_excess, "other_excess": np.maximum(excess - samples_excess, 0.0)},
+                         "samples_excess": samples_excess, "other_excess": other_excess},
                         index=features.index)
 
 
@@ -303,20 +303,19 @@ def _beyond(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.maximum(np.log(max(lo, 1e-12) / x), 0.0) + np.maximum(np.log(x / max(hi, 1e-12)), 0.0)
 
 
-def range_excess(r: dict[str, list[float]], f: pd.DataFrame) -> np.ndarray:
-    """Summed natural-log distance of each row outside a study's range (0 inside)."""
-
-    beyond = _beyond
-    out = beyond(f["n_params"].to_numpy(float), *r["n_params"])
-    out += beyond(f["total_samples"].to_numpy(float), *r["total_samples"])
-    out += beyond(f["pretrain_image_tokens"].to_numpy(float), *r["pretrain_image_tokens"])
-    out += np.maximum(np.log(np.maximum(f["max_image_tokens"].to_numpy(float), 1) / r["max_image_tokens"][1]), 0.0)
-    out += beyond(f["min_text_len"].to_numpy(float), *r["text_len"])
+def range_excess(r: dict[str, list[float]], f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Natural-log distance of each row outside a study's range (0 inside): in samples seen, and summed over every
+    other axis (model size, image tokens, text length, fine-tune samples)."""
+    samples = _beyond(f["total_samples"].to_numpy(float), *r["total_samples"])
+    other = _beyond(f["n_params"].to_numpy(float), *r["n_params"])
+    other += _beyond(f["pretrain_image_tokens"].to_numpy(float), *r["pretrain_image_tokens"])
+    other += np.maximum(np.log(np.maximum(f["max_image_tokens"].to_numpy(float), 1) / r["max_image_tokens"][1]), 0.0)
+    other += _beyond(f["min_text_len"].to_numpy(float), *r["text_len"])
     ft = f["finetune_samples"].to_numpy(float)
     # fine-tuning where the pilot never fine-tuned is an extrapolation of one log unit (its effect rests on a prior)
     hi_ft = r["finetune_samples"][1]
-    out += np.where(ft > hi_ft, np.where(hi_ft > 0, np.log(np.maximum(ft, 1) / max(hi_ft, 1)), 1.0), 0.0)
-    return out
+    other += np.where(ft > hi_ft, np.where(hi_ft > 0, np.log(np.maximum(ft, 1) / max(hi_ft, 1)), 1.0), 0.0)
+    return samples, other
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import numpy as np
 
 from planner.errors import ClipaError
 from trainer.data.images import BadImage, crop_from_base, decode_base, decode_eval, decode_train
-from trainer.data.reader import IMAGE_EXTS, ShardStream, list_shards, split_shards
+from trainer.data.reader import IMAGE_EXTS, ShardStream, is_url, list_shards, path_exists, split_shards
 from trainer.data.text_reduction import reduce_one
 from trainer.data.tokenizer import ClipTokenizer, find_tokenizer, load_tokenizer
 
@@ -415,21 +415,8 @@ def _sample_label(sample: dict[str, Any]) -> int | None:
     return None
 
 
-def _is_url(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
 def _join(folder: str, name: str) -> str:
-    return f"{folder.rstrip('/')}/{name}" if _is_url(folder) else str(Path(folder) / name)
-
-
-def _exists(path: str) -> bool:
-    if not _is_url(path):
-        return Path(path).exists()
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else str(Path(folder) / name)
 
 
 class EvalSource:
@@ -464,7 +451,7 @@ class EvalSource:
             # hosts evaluate disjoint shards; with fewer shards than hosts every host evaluates all of them
             self._shards = split_shards(shards, process_index, process_count) if len(shards) >= process_count \
                 else shards
-            if _is_url(self.path):
+            if is_url(self.path):
                 # a bucket folder of shards (or a shard / brace / glob pattern in one): its metadata sits beside
                 is_folder = not (self.path.endswith(".tar") or any(ch in self.path for ch in "{*?["))
                 folder = self.path.rstrip("/") if is_folder else posixpath.dirname(self.path)
@@ -486,11 +473,11 @@ class EvalSource:
         """``classes.txt`` / ``templates.txt`` in ``folder`` or its parent (local paths or bucket URLs)."""
         from trainer.data.zeroshot import load_classnames, load_templates
 
-        parent = posixpath.dirname(folder.rstrip("/")) if _is_url(folder) else str(Path(folder).parent)
+        parent = posixpath.dirname(folder.rstrip("/")) if is_url(folder) else str(Path(folder).parent)
         for d in (folder, parent):
-            if self.classnames is None and _exists(_join(d, "classes.txt")):
+            if self.classnames is None and path_exists(_join(d, "classes.txt")):
                 self.classnames = load_classnames(_join(d, "classes.txt"))
-            if self.templates is None and _exists(_join(d, "templates.txt")):
+            if self.templates is None and path_exists(_join(d, "templates.txt")):
                 self.templates = load_templates(_join(d, "templates.txt"))
 
     def _init_folder(self, root: Path) -> None:

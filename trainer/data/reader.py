@@ -39,8 +39,19 @@ _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's __key__ / e
 
 
 # --- shard lists --------------------------------------------------------------------------------------------------
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+def is_url(path: str) -> bool:
+    """An object-store (fsspec) URL such as ``gs://...``; ``file://`` and plain paths are local."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def path_exists(path: str) -> bool:
+    """Whether a local path or a bucket object exists."""
+    if not is_url(path):
+        return Path(path).exists()
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
 
 
 def list_shards(data: str) -> list[str]:
@@ -54,12 +65,12 @@ def list_shards(data: str) -> list[str]:
         from braceexpand import braceexpand
 
         urls = list(braceexpand(data))
-        if not _is_url(data):
+        if not is_url(data):
             missing = [u for u in urls if not os.path.exists(u)]
             if len(missing) == len(urls):
                 raise ClipaError("data", f"no shard of {data} exists")
         return urls
-    if _is_url(data):
+    if is_url(data):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(data)
@@ -106,7 +117,7 @@ def split_shards(urls: list[str], rank: int, count: int) -> list[str]:
 
 
 def open_binary(url: str) -> BinaryIO:
-    if _is_url(url):
+    if is_url(url):
         import fsspec
 
         return fsspec.open(url, "rb").open()
@@ -399,7 +410,7 @@ class ShardStream:
                     sample["__shard__"] = shard
                     out[i] = sample
 
-        if len(by_shard) > 1 and any(_is_url(self.all_urls[s]) for s in by_shard):
+        if len(by_shard) > 1 and any(is_url(self.all_urls[s]) for s in by_shard):
             with ThreadPoolExecutor(8) as ex:  # bucket reads: latency-bound
                 list(ex.map(load, by_shard))
         else:

@@ -48,13 +48,10 @@ def openai_templates() -> list[str]:
 
 def _read_text(path: str | Path) -> str:
     """A local file's text, or a bucket object's (``gs://...``, through fsspec)."""
-    text = str(path)
-    if "://" in text and not text.startswith("file://"):
-        import fsspec
+    from trainer.data.reader import open_binary
 
-        with fsspec.open(text, "rt", encoding="utf-8") as f:
-            return f.read()
-    return Path(text.removeprefix("file://")).read_text(encoding="utf-8")
+    with open_binary(str(path).removeprefix("file://")) as f:
+        return f.read().decode("utf-8")
 
 
 def load_classnames(path: str | Path) -> list[str]:
