@@ -85,7 +85,14 @@ subprocess.run(["mount", "--bind", mnt, mnt], check=True)
 store = Checkpoints(os.path.join(mnt, "checkpoints"))
 start = time.monotonic()
 store.save(1, {"w": jnp.ones((128, 1024, 1024), jnp.float32)}, None, {"step": 1})  # 512 MB: still being written
-subprocess.run(["mount", "-o", "remount,bind,ro", mnt], check=True)
+# the kernel refuses a read-only remount (EBUSY) while a file on the mount is open for writing, so retry until the
+# writers are between files; the write is still far from done then
+for _ in range(5000):
+    if subprocess.run(["mount", "-o", "remount,bind,ro", mnt], capture_output=True).returncode == 0:
+        break
+    time.sleep(0.002)
+else:
+    sys.exit("the read-only remount stayed busy")
 try:
     store.wait()
     print("RESULT finished-before-remount")
@@ -107,3 +114,42 @@ def test_folder_turning_read_only_during_a_write_fails_at_once(tmp_path):
     _, _, _seconds, field, message = line.split(" ", 4)
     assert field == "checkpoint" and "Read-only file system" in message and "last finished checkpoint is none" in message
     assert "tensorstore_spec" not in message and len(message) < 700
+
+
+DISK_FILLS = r"""
+import os, subprocess, sys, time
+import numpy as np
+from planner.errors import ClipaError
+from trainer.checkpoint import Checkpoints
+mnt = sys.argv[1]
+noise = np.random.default_rng(0).standard_normal((32, 1024, 1024), dtype=np.float32)  # random: does not compress
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt], check=True)
+store = Checkpoints(os.path.join(mnt, "checkpoints"))
+store.save(1, {"w": noise[:4]}, None, {"step": 1})  # 16 MB: fits
+store.wait()
+start = time.monotonic()
+try:
+    store.save(2, {"w": noise}, None, {"step": 2})  # 128 MB: fills the disk
+    store.wait()
+    print("RESULT finished")
+except ClipaError as e:
+    print(f"RESULT error {time.monotonic() - start:.1f} {e.field} | {e}")
+print("STEPS", sorted(os.listdir(os.path.join(mnt, "checkpoints"))))
+"""
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="unshare -m (a private mount namespace) is not permitted here")
+def test_disk_filling_during_a_write_fails_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    """ENOSPC for real: a 64 MB tmpfs mounted in a private namespace, then a 128 MB checkpoint written to it."""
+    import sys
+
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(["unshare", "-m", sys.executable, "-c", DISK_FILLS, str(tmp_path / "mnt")], cwd=REPO,
+                          env=clipa_env(tmp_path / "home"), capture_output=True, text=True, timeout=200)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), proc.stderr[-3000:])
+    assert line.startswith("RESULT error"), line
+    _, _, _seconds, field, message = line.split(" ", 4)
+    assert field == "checkpoint" and "No space left on device" in message, message
+    assert "last finished checkpoint is step 1" in message and len(message) < 700
+    steps = next(ln for ln in proc.stdout.splitlines() if ln.startswith("STEPS"))
+    assert "'1'" in steps, steps
