@@ -13,7 +13,8 @@ import typer
 
 from planner.errors import ClipaError
 # The launch options of `clipa tpu run`, defined once there (that module imports nothing heavy).
-from trainer.tpu.cli import (BucketOpt, DryRunOpt, EndpointOpt, HardwareOpt, LocalWorkersOpt, MaxAttemptsOpt,
+from trainer.tpu.cli import (DEFAULT_MAX_ATTEMPTS, DEFAULT_POLL_INTERVAL_S, DEFAULT_PROVISION_TIMEOUT_S, DEFAULT_SLICE,
+                             BucketOpt, DryRunOpt, EndpointOpt, HardwareOpt, LocalWorkersOpt, MaxAttemptsOpt,
                              NoInstallOpt, PollOpt, PricingOpt, ProjectOpt, ProvisionTimeoutOpt, SliceOpt,
                              TrainerArgOpt, ZoneOpt)
 
@@ -61,13 +62,13 @@ def register(app: typer.Typer) -> None:
         zone: ZoneOpt = None,
         bucket: BucketOpt = None,
         hardware: HardwareOpt = None,
-        slice_: SliceOpt = 8,
+        slice_: SliceOpt = DEFAULT_SLICE,
         pricing: PricingOpt = None,
         no_install: NoInstallOpt = False,
-        provision_timeout: ProvisionTimeoutOpt = 6 * 3600.0,
-        max_attempts: MaxAttemptsOpt = 20,
+        provision_timeout: ProvisionTimeoutOpt = DEFAULT_PROVISION_TIMEOUT_S,
+        max_attempts: MaxAttemptsOpt = DEFAULT_MAX_ATTEMPTS,
         trainer_arg: TrainerArgOpt = None,
-        poll_interval: PollOpt = 60.0,
+        poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
         endpoint: EndpointOpt = None,
         local_workers: LocalWorkersOpt = None,
     ) -> None:

@@ -111,3 +111,14 @@ def test_every_command_has_a_dry_run_that_calls_nothing(tmp_path, capsys, monkey
         else:
             assert any(r["rpc"].endswith("/" + rpc) for r in doc["api_requests"])
     assert not (tmp_path / "r").exists()  # nothing written either
+
+
+def test_launch_option_defaults_are_the_tpu_options_defaults():
+    from trainer.tpu import cli
+    from trainer.tpu.options import TpuOptions
+
+    fields = TpuOptions.model_fields
+    assert cli.DEFAULT_SLICE == fields["slice"].default
+    assert cli.DEFAULT_PROVISION_TIMEOUT_S == fields["provision_timeout_s"].default
+    assert cli.DEFAULT_MAX_ATTEMPTS == fields["max_attempts"].default
+    assert cli.DEFAULT_POLL_INTERVAL_S == fields["poll_max_s"].default

@@ -40,6 +40,12 @@ PollOpt = Annotated[float, typer.Option("--poll-interval", help="longest wait be
 NoInstallOpt = Annotated[bool, typer.Option("--no-install", help="the workers' image already has this checkout and "
                                             "jax[tpu] installed")]
 ProvisionTimeoutOpt = Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
+# Their defaults, once for every command here and for `clipa run` (TpuOptions has the same ones; this module stays
+# light, so it does not import it to read them: a test keeps the two equal).
+DEFAULT_SLICE = 8
+DEFAULT_PROVISION_TIMEOUT_S = 6 * 3600.0
+DEFAULT_MAX_ATTEMPTS = 20
+DEFAULT_POLL_INTERVAL_S = 60.0
 MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")]
 TrainerArgOpt = Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa train` on "
                                                              "the workers (repeatable)")]
@@ -116,14 +122,14 @@ def run_cmd(
     zone: ZoneOpt,
     bucket: BucketOpt = None,
     hardware: HardwareOpt = None,
-    slice_: SliceOpt = 8,
+    slice_: SliceOpt = DEFAULT_SLICE,
     pricing: PricingOpt = None,
     name: NameOpt = None,
     no_install: NoInstallOpt = False,
-    provision_timeout: ProvisionTimeoutOpt = 6 * 3600.0,
-    max_attempts: MaxAttemptsOpt = 20,
+    provision_timeout: ProvisionTimeoutOpt = DEFAULT_PROVISION_TIMEOUT_S,
+    max_attempts: MaxAttemptsOpt = DEFAULT_MAX_ATTEMPTS,
     trainer_arg: TrainerArgOpt = None,
-    poll_interval: PollOpt = 60.0,
+    poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     endpoint: EndpointOpt = None,
@@ -157,15 +163,14 @@ def up_cmd(
     name: Annotated[str, typer.Option("--name", help="resource name (lowercase letters, digits, '-')")],
     spec: Annotated[Optional[Path], typer.Option("--spec", help="take hardware and pricing from this spec")] = None,
     hardware: HardwareOpt = None,
-    slice_: SliceOpt = 8,
+    slice_: SliceOpt = DEFAULT_SLICE,
     pricing: PricingOpt = None,
     network: Annotated[Optional[str], typer.Option("--network")] = None,
     subnetwork: Annotated[Optional[str], typer.Option("--subnetwork")] = None,
     service_account: Annotated[Optional[str], typer.Option("--service-account")] = None,
-    provision_timeout: Annotated[float, typer.Option("--provision-timeout", help="seconds to wait for capacity")]
-    = 6 * 3600.0,
+    provision_timeout: ProvisionTimeoutOpt = DEFAULT_PROVISION_TIMEOUT_S,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the slice is READY")] = True,
-    poll_interval: PollOpt = 60.0,
+    poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     endpoint: EndpointOpt = None,
@@ -320,7 +325,7 @@ def down_cmd(
     project: ProjectOpt,
     zone: ZoneOpt,
     name: Annotated[str, typer.Option("--name", help="the queued resource (or plain node) to delete")],
-    poll_interval: PollOpt = 60.0,
+    poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
     endpoint: EndpointOpt = None,
 ) -> None:
