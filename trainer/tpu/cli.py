@@ -29,7 +29,7 @@ HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="tpu-v4, 
 SliceOpt = Annotated[int, typer.Option("--slice", help="chips in the slice, e.g. 64 for v5e-64 (v5litepod-64)")]
 PricingOpt = Annotated[Optional[str], typer.Option("--pricing", help="spot or on-demand (default: the spec's, "
                                                    "if one of those, else spot)")]
-BucketOpt = Annotated[Optional[str], typer.Option("--bucket", help="gs://BUCKET[/PREFIX] for the run dir "
+BucketOpt = Annotated[Optional[str], typer.Option("--bucket", help=r"gs://BUCKET\[/PREFIX] for the run dir "  # \[ : not rich markup
                                                   "(same region as the zone)", envvar="CLIPA_TPU_BUCKET")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", help="resource name (lowercase letters, digits, '-')")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the API requests and worker commands; call "
