@@ -261,6 +261,14 @@ def test_runs_on_a_local_dataset_stay_out_of_the_imagenet_fit(isolated_home, pub
                                                          "schedule": sched, "top1": top1}))
     fit = load_or_fit()
     assert "local:synth" not in fit.datasets and fit.studies == {}
-    assert fit.params == pytest.approx(published_fit.params)
+    # The contract is that the ImageNet fit saw exactly the published rows (same data hash) and so predicts the
+    # same. Its parameters are not compared: ``load_or_fit`` may load the fit shipped in results/fits/ (made on
+    # another machine), and a weakly determined parameter (ln_ci) moves by ~1e-5 under another BLAS/scipy release.
+    assert fit.data_hash == fitting_data(include_runs=False).hash()
+    for model, schedule in (("B/16", "2B@112/16 + 128M@224/32"), ("L/14", "12.8B@84/8 + 512M@224/32~0.3"),
+                            ("H/14", "5B@70/8")):
+        ours, ref = (predict_stages(f, model, "datacomp-1b", parse_schedule(schedule, model)) for f in (fit, published_fit))
+        assert ours.predicted_top1 == pytest.approx(ref.predicted_top1, abs=0.05)
+        assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=0.1)
     p = predict_stages(fit, "B/16", "local:synth", parse_schedule("3B@112/16 + 128M@224/32", "B/16"))
     assert p.extrapolated

@@ -183,3 +183,16 @@ def test_workers_install_the_extra_that_brings_gcsfs():
     assert any(req.startswith("gcsfs") for req in project["optional-dependencies"][WORKER_EXTRA])
     assert any(req.startswith("google-cloud-tpu") for req in project["dependencies"])  # stays a base dependency
     assert f" -e './clipa[{WORKER_EXTRA}]' " in install_script()
+
+
+def test_workers_install_the_locked_versions(tmp_path):
+    """A slice gets the versions CI tested: the lock travels in the source archive and constrains the install."""
+    import tarfile
+
+    from trainer.tpu.workers import LOCK_FILE, build_source_archive, install_script
+
+    assert f" -c clipa/{LOCK_FILE} " in install_script()
+    with tarfile.open(build_source_archive(tmp_path / "src.tar.gz")) as tar:
+        shipped = tar.extractfile(f"clipa/{LOCK_FILE}").read().decode()
+    root = Path(__file__).resolve().parents[2]
+    assert shipped == (root / LOCK_FILE).read_text() and "jax==" in shipped

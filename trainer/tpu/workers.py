@@ -171,12 +171,15 @@ VENV_PYTHON = "venv/bin/python"
 
 # The checkout's optional dependencies a worker installs (pyproject.toml): gcsfs, so that the trainer reads gs:// data.
 WORKER_EXTRA = "tpu"
+# Workers install the versions CI tested: the lock is a constraints file (packages it lists get exactly its version).
+LOCK_FILE = "requirements.lock"
 
 
 def install_script() -> str:
     """The remote install step, run in WORKDIR on every worker: unpack the shipped source, make a Python 3.11 venv
     with uv, and install the checkout (editable: the catalog in budgets/ is read from the checkout) with its
-    ``WORKER_EXTRA`` extra (gcsfs) and the JAX version this checkout pins, built for TPU. Only constants go into it;
+    ``WORKER_EXTRA`` extra (gcsfs) and the JAX version this checkout pins, built for TPU, constrained to the locked
+    versions (``LOCK_FILE``). Only constants go into it;
     no spec-derived text."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -189,8 +192,8 @@ def install_script() -> str:
         f"tar -xzf {SOURCE_ARCHIVE}",
         "python3 -m pip install --quiet --user uv",
         f"{uv} venv --quiet --python 3.11 venv",
-        f"{uv} pip install --quiet --python {VENV_PYTHON} -e {shlex.quote(f'./clipa[{WORKER_EXTRA}]')} "
-        f"{shlex.quote(jax_req)}",
+        f"{uv} pip install --quiet --python {VENV_PYTHON} -c clipa/{LOCK_FILE} "
+        f"-e {shlex.quote(f'./clipa[{WORKER_EXTRA}]')} {shlex.quote(jax_req)}",
     ])
 
 
@@ -240,7 +243,7 @@ def build_source_archive(dest: Path) -> Path:
         return info
 
     with tarfile.open(dest, "w:gz") as tar:
-        for item in ("pyproject.toml", "README.md", "planner", "trainer", "budgets"):
+        for item in ("pyproject.toml", LOCK_FILE, "README.md", "planner", "trainer", "budgets"):
             path = PACKAGE_ROOT / item
             if path.exists():
                 tar.add(path, arcname=f"clipa/{item}", filter=keep)
