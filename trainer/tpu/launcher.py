@@ -29,6 +29,7 @@ from typing import Any
 from planner.errors import ClipaError
 from planner.spec import RunSpec, load_spec
 from planner.store import atomic_write_text
+from trainer.run_layout import LAUNCHER_DIR, OUTCOME_FILE
 from trainer.tpu import api as tpu_api
 from trainer.tpu import names
 from trainer.tpu.options import SliceInfo, TpuOptions
@@ -38,7 +39,6 @@ from trainer.tpu.workers import (SOURCE_ARCHIVE, SPEC_NAME, VENV_PYTHON, GcloudS
                                  WorkerProcess, WorkerSetupError, build_source_archive)
 
 TRAINER_ENTRY = ("-m", "trainer.cli", "train")
-LAUNCHER_DIR = "tpu"  # RUN_DIR/tpu holds the launcher's files: spec sent, source archive, logs, outcome
 # Trainer exit code for bad input (ClipaError): requeueing cannot help.
 EXIT_BAD_INPUT = 2
 
@@ -258,7 +258,7 @@ class Launcher:
     def _save(self) -> None:
         self.outcome.total()
         text = self.redactor.redact(self.outcome.model_dump_json(indent=2) + "\n")
-        atomic_write_text(self.plan.local_dir / "outcome.json", text)
+        atomic_write_text(self.plan.local_dir / OUTCOME_FILE, text)
 
     # --- the run -------------------------------------------------------------------------------------------------
     def run(self) -> TpuRunOutcome:
