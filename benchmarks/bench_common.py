@@ -417,11 +417,9 @@ def peak_probe(n: int = 2048, calls: int = 6) -> dict[str, Any]:
 def clear_jax_caches() -> None:
     import jax
 
-    from trainer import loop, model
+    from trainer import compiled
 
-    loop._JIT_CACHE.clear()
-    model._INIT_CACHE.clear()
-    model._EMBED_CACHE.clear()
+    compiled.clear()
     jax.clear_caches()
     gc.collect()
 

@@ -232,7 +232,7 @@ def _stage_change(r) -> list[str]:
               + ("recompiles **more than once**." if v["recompiles_more_than_once"] else
                  "compiles the step **exactly once** (plus the small per-stage `make_state` program), and never again "
                  "within the stage.")
-          + " The warm run compiles nothing: the trainer's `_JIT_CACHE` keys on (config, mask, stage, options, mesh).",
+          + " The warm run compiles nothing: the trainer's program cache (`trainer.compiled`) keys on (config, mask, stage, options, mesh).",
           ""]
     return L
 

@@ -104,9 +104,9 @@ class Patched:
         self.name = name
 
     def __enter__(self):
-        from trainer import loop, model
+        from trainer import compiled, model
 
-        loop._JIT_CACHE.clear()
+        compiled.clear()
         self.undo = None
         if self.name in PATCHES:
             cls_name, attr, fn = PATCHES[self.name]
@@ -116,11 +116,11 @@ class Patched:
         return self
 
     def __exit__(self, *exc):
-        from trainer import loop
+        from trainer import compiled
 
         if self.undo:
             setattr(*self.undo)
-        loop._JIT_CACHE.clear()
+        compiled.clear()
 
 
 def main() -> None:

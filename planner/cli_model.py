@@ -1,8 +1,10 @@
 """The accuracy model's commands: ``clipa predict``, ``clipa backtest``, ``clipa curves``, ``clipa refit``.
 
-Registered into the ``clipa`` app by ``trainer.cli`` (``register(app)``). Every command follows ``planner.cli``'s
-conventions: ``--json`` prints one JSON object, bad input is a ``ClipaError`` (one line, exit code 2), and nothing
-here imports JAX. Plots use matplotlib's Agg backend, imported only when a plot is asked for.
+Registered into the ``clipa`` app by ``trainer.cli`` (``register(app)``), the console script that composes every
+command module; ``study_json``, ``print_study`` and ``json_safe`` are also what ``clipa pilot`` prints with. Every
+command follows ``planner.cli``'s conventions: ``--json`` prints one JSON object, bad input is a ``ClipaError`` (one
+line, exit code 2), and nothing here imports JAX. Plots use matplotlib's Agg backend, imported only when a plot is
+asked for.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def backtest(json_out: JsonOpt = False, plot: PlotOpt = None) -> None:
         out = bt.to_dict()
         if plot is not None:
             out["plot"] = str(plot)
-        print_json(_clean(out))
+        print_json(json_safe(out))
         return
     t = Table(title="Leave-one-out over the published runs")
     for col in ("rows", "n", "MAE", "worst", "80% coverage"):
@@ -303,8 +305,8 @@ def refit(
         d.pop("cov")
         d["param_sd"] = sd
         d["path"] = str(path)
-        d["studies"] = {ds: {**_study_dict(st), "param_sd": st.param_sd()} for ds, st in fit.studies.items()}
-        print_json(_clean(d))
+        d["studies"] = {ds: study_json(st) for ds, st in fit.studies.items()}
+        print_json(json_safe(d))
         return
     console.print(_param_table(f"Accuracy model fit {fit.version} ({path})", fit.params, sd, "fixed"))
     m = fit.metrics
@@ -329,10 +331,11 @@ def _param_table(title: str, params: dict[str, float], sd: dict[str, float], not
     return t
 
 
-def _study_dict(st) -> dict[str, Any]:
+def study_json(st) -> dict[str, Any]:
+    """One local study's fit as ``--json`` prints it (``clipa refit``, ``clipa pilot``): parameters and their sd."""
     d = st.to_dict()
     d.pop("cov")
-    return d
+    return {**d, "param_sd": st.param_sd()}
 
 
 def print_study(st) -> None:
@@ -345,12 +348,12 @@ def print_study(st) -> None:
                   f"{st.sigma:.2f}; dof {m['dof']:.1f}; at a bound: {', '.join(m['at_bound']) or 'none'}")
 
 
-def _clean(o: Any) -> Any:
+def json_safe(o: Any) -> Any:
     """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
     if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
+        return {k: json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [json_safe(v) for v in o]
     if hasattr(o, "item") and not isinstance(o, (str, bytes)):
         o = o.item()
     if isinstance(o, float) and not math.isfinite(o):

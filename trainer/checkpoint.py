@@ -28,8 +28,8 @@ import numpy as np
 
 from planner.errors import ClipaError
 from planner.variants import decode_variant
+from trainer.run_layout import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoints"
 META_VERSION = 1
 
 
@@ -207,7 +207,8 @@ def load_params(path: str | Path, field: str = "checkpoint", dtype: str = "float
 
 def load_trained(path: str | Path):
     """A ``TrainedModel`` (for ``embed_images``/``embed_texts``) from a run directory or checkpoint."""
-    from trainer.model import TrainedModel, resolve_compute_dtype
+    from trainer.embed import TrainedModel
+    from trainer.model import resolve_compute_dtype
 
     cfg, params, _ = load_params(path, dtype=resolve_compute_dtype("auto"))
     return TrainedModel(cfg, params)

@@ -1,7 +1,10 @@
 """The ``clipa`` console script: the planner's commands plus the trainer's, registered without importing JAX.
 
-Each trainer-side module listed in ``REGISTRARS`` has a ``register(app)`` function adding its commands; command
-bodies import JAX lazily, so ``clipa plan`` starts in well under a second.
+This is the one place commands are composed: ``planner.cli`` holds the app with its own commands, and every other
+command module, the planner's (``planner.cli_model``) as well as the trainer's, is listed in ``REGISTRARS`` and has a
+``register(app)`` function adding its commands. The planner's modules cannot register themselves without
+``planner.cli`` importing them (an import cycle: they use its options); the trainer's must not be imported by the
+planner at all. Command bodies import JAX lazily, so ``clipa plan`` starts in well under a second.
 """
 
 from __future__ import annotations

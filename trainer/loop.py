@@ -10,9 +10,13 @@
 3. Runs each stage with a fresh optimiser and schedule (``trainer.optim``). A stage starts from scratch, from the
    previous stage's final weights (``previous``; learned position embeddings resampled to the new resolution), or
    from any checkpoint (``checkpoint:PATH``).
-4. Saves checkpoints every ``train.checkpoint_every_steps`` global steps, at the end of every stage, and on
-   SIGTERM/SIGINT (then raises ``TrainingInterrupted``). A NaN/inf loss or gradient raises
-   ``telemetry.NonFiniteError`` without saving, so the last checkpoint stays the last good one.
+4. After every step runs the named steps of ``StepHooks.after_step`` in order: the NaN guard (a NaN/inf loss or
+   gradient raises ``telemetry.NonFiniteError`` without saving, so the last checkpoint stays the last good one), the
+   cost meter, logging (metrics.jsonl, TensorBoard, progress bar), signals, checkpoints (every
+   ``train.checkpoint_every_steps`` global steps, at the end of every stage, and on SIGTERM/SIGINT) and the stop
+   (``TrainingInterrupted`` after a signal). A periodic task (an evaluation every N steps) is one more hook there.
+
+The run folder's file names are ``trainer.run_layout``'s; compiled programs are cached in ``trainer.compiled``.
 
 The training step (``make_train_step``) is one jitted function with the state donated: forward both towers (image
 tokens masked per the stage, ``trainer.masking``), the global-batch contrastive loss (``trainer.losses``), gradients,
@@ -57,25 +61,29 @@ from planner.hardware import get_hardware
 from planner.spec import RunSpec, Stage, TrainOptions, spec_from_dict
 from planner.variants import decode_variant
 from trainer import checkpoint as ckpt
+from trainer import compiled
 from trainer import mesh as meshlib
 from trainer.losses import clip_loss
 from trainer.masking import sample_keys
+from trainer.data.pipeline import make_train_source
+from trainer.data.tokenizer import find_tokenizer, load_tokenizer
+from trainer.mesh import activation_sharding
 from trainer.model import (
-    LOGIT_SCALE_MAX,
     MaskConfig,
     ModelConfig,
-    activation_sharding,
+    abstract_params,
     adapt_params,
     bind,
     check_resolution,
     init_params,
     initialize,
     mask_for_batch,
+    temperature,
 )
 from trainer.optim import make_optimizer
+from trainer.run_layout import CHECKPOINT_DIR, SPEC_FILE, local_run_dir
 from trainer.telemetry import CostMeter, NonFiniteError, RateWindow, Telemetry
 
-SPEC_FILE = "spec.json"
 SourceFactory = Callable[[RunSpec, int, int, int], Any]
 
 
@@ -136,10 +144,6 @@ def state_layout(cfg: ModelConfig, tx, mesh, sharding_mode: str) -> tuple[Any, A
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _temperature(logit_scale: jax.Array) -> jax.Array:
-    return jnp.exp(jnp.minimum(logit_scale, LOGIT_SCALE_MAX))
-
-
 def loss_and_grads(cfg: ModelConfig, mask: MaskConfig, mesh, params, batch: dict, step_key: jax.Array,
                    micro_batches: int = 1) -> tuple[jax.Array, Any]:
     """Global-batch contrastive loss and its parameter gradients (traceable; see the module docstring)."""
@@ -164,7 +168,7 @@ def _loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro_batches):
     if micro_batches == 1:
         def loss_fn(p):
             img, txt = embed(p, images, tokens, keep)
-            return clip_loss(img, txt, _temperature(p["logit_scale"]), mesh)
+            return clip_loss(img, txt, temperature(p["logit_scale"]), mesh)
 
         return jax.value_and_grad(loss_fn)(params)
 
@@ -192,7 +196,7 @@ def _loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro_batches):
 
     # (b) the global loss and its gradient w.r.t. every embedding and the temperature parameter
     def global_loss(img, txt, ls):
-        return clip_loss(img, txt, _temperature(ls), mesh)
+        return clip_loss(img, txt, temperature(ls), mesh)
 
     loss, (g_img, g_txt, g_ls) = jax.value_and_grad(global_loss, argnums=(0, 1, 2))(
         img_all, txt_all, params["logit_scale"]
@@ -211,18 +215,6 @@ def _loss_and_grads(cfg, mask, mesh, params, batch, step_key, micro_batches):
     return loss, grads
 
 
-# Jitted functions are cached per configuration so that several runs in one process (tests, sweeps, a resume in the
-# same process) compile each shape once. Keys hold only hashable, frozen descriptions (configs, stages, options, mesh).
-_JIT_CACHE: dict[tuple, Callable] = {}
-
-
-def _cached(key: tuple, build: Callable[[], Callable]) -> Callable:
-    fn = _JIT_CACHE.get(key)
-    if fn is None:
-        fn = _JIT_CACHE[key] = build()
-    return fn
-
-
 def _step_key(stage: Stage) -> Stage:
     """The stage as far as the compiled step is concerned (where its weights came from does not matter)."""
     return stage.model_copy(update={"init": "scratch"})
@@ -230,7 +222,7 @@ def _step_key(stage: Stage) -> Stage:
 
 def make_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: TrainOptions, mesh) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated."""
-    return _cached(("step", cfg, mask, _step_key(stage), opts, mesh),
+    return compiled.cached(("step", cfg, mask, _step_key(stage), opts, mesh),
                    lambda: _build_train_step(cfg, mask, stage, opts, mesh))
 
 
@@ -249,7 +241,7 @@ def _build_train_step(cfg: ModelConfig, mask: MaskConfig, stage: Stage, opts: Tr
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
-            "temperature": _temperature(params["logit_scale"]),
+            "temperature": temperature(params["logit_scale"]),
         }
         return {"params": new_params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}, metrics
 
@@ -282,13 +274,6 @@ def default_source_factory(spec: RunSpec) -> SourceFactory:
     if spec.data is None:
         raise ClipaError("data", "the spec names no training data (data: FOLDER|SHARDS|URL); use --synthetic for a "
                                  "synthetic run")
-    try:
-        from trainer.data.pipeline import make_train_source
-    except ImportError as e:
-        raise ClipaError(
-            "data", f"the input pipeline (trainer.data.pipeline.make_train_source) is not available ({e}); "
-                    "use --synthetic for a synthetic run"
-        ) from None
     return make_train_source
 
 
@@ -302,18 +287,6 @@ def preflight(spec: RunSpec, mesh) -> None:
         meshlib.check_layout(st.batch_size, mesh, spec.train.micro_batch, field=f"stages[{i}].batch_size")
         if st.init.startswith("checkpoint:"):
             ckpt.resolve_checkpoint(st.init.split(":", 1)[1], field=f"stages[{i}].init")
-
-
-def local_run_dir(run_dir: str | Path) -> Path:
-    """The run directory as a local path (``file://`` accepted). Object-store URLs are refused: the spec, metrics
-    and TensorBoard files are written with local file IO; mount the bucket (e.g. gcsfuse) and pass the mount path."""
-    text = str(run_dir)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    elif "://" in text:
-        raise ClipaError("run_dir", f"{text}: URL run directories are not supported; mount the bucket (e.g. with "
-                                    "gcsfuse) and pass its local path")
-    return Path(text).expanduser().absolute()
 
 
 def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
@@ -331,7 +304,7 @@ def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
                 "use another --run-dir (a run directory belongs to one spec)",
             )
         return
-    if (run_dir / ckpt.CHECKPOINT_DIR).exists() and any((run_dir / ckpt.CHECKPOINT_DIR).iterdir()):
+    if (run_dir / CHECKPOINT_DIR).exists() and any((run_dir / CHECKPOINT_DIR).iterdir()):
         raise ClipaError("run_dir", f"{run_dir} has checkpoints but no {SPEC_FILE}; use another --run-dir")
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -362,13 +335,8 @@ def _vocab(spec: RunSpec, source: Any, vocab_size: int | None, eot_id: int | Non
                 eot_id = getattr(owner, "eot_id", None) if eot_id is None else eot_id
                 break
     if vocab_size is None and (spec.tokenizer or spec.data):
-        try:
-            from trainer.data.tokenizer import find_tokenizer, load_tokenizer
-        except ImportError:
-            pass
-        else:
-            tok = load_tokenizer(find_tokenizer(spec.tokenizer, spec.data))
-            vocab_size, eot_id = tok.vocab_size, (tok.eot_id if eot_id is None else eot_id)
+        tok = load_tokenizer(find_tokenizer(spec.tokenizer, spec.data))
+        vocab_size, eot_id = tok.vocab_size, (tok.eot_id if eot_id is None else eot_id)
     return int(vocab_size or decode_variant(spec.model).vocab_size), eot_id
 
 
@@ -425,6 +393,107 @@ def _say(msg: str, on: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass
+class StepEnd:
+    """What the loop knows when a training step has finished; every hook of ``StepHooks`` reads it."""
+
+    stage: int
+    stage_step: int  # steps done in this stage, this one included
+    stage_steps: int
+    global_step: int
+    metrics: dict[str, float]  # loss, grad_norm, lr, temperature (host floats)
+    wall_s: float  # since the previous step ended
+    data_state: dict  # the source's position after this step's batch
+    state: dict  # the train state after the step (device arrays)
+    signum: int | None = None  # set by ``poll_signals``: a stop was requested
+
+
+class StepHooks:
+    """The work around each train step, as named steps run in order by ``after_step``: the NaN guard, the cost meter,
+    logging, signals, checkpoints and the stop. Another periodic task (an evaluation every N steps) is one more
+    method in ``after_step``'s list. A hook stops the run by raising (``NonFiniteError``, ``TrainingInterrupted``)."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, store: ckpt.Checkpoints, tele: Telemetry, cost: CostMeter,
+                 stop: _StopFlag, n_devices: int, last_saved: int | None):
+        self.spec, self.run_dir, self.store, self.tele, self.cost, self.stop = spec, run_dir, store, tele, cost, stop
+        self.hw = get_hardware(spec.hardware)
+        self.n_devices = n_devices
+        self.last_saved = last_saved  # the global step of the newest checkpoint (the last good one)
+
+    def begin_stage(self, k: int, cfg: ModelConfig) -> None:
+        """What a stage's steps cost (planner.flops / planner.cost) and a fresh speed window."""
+        spec, st = self.spec, self.spec.stages[k]
+        self.cfg, self.batch_size = cfg, st.batch_size
+        self.flops_step = stage_flops(spec.model, st).train_per_sample * st.batch_size
+        self.usd_step = dollars_for_flops(self.flops_step, stage_tokens(spec.model, st), cfg.variant.image.width,
+                                          spec.hardware, spec.pricing)
+        self.later_flops = sum(stage_flops(spec.model, s2).total for s2 in spec.stages[k + 1:])
+        self.rate = RateWindow()
+
+    def after_step(self, end: StepEnd) -> None:
+        for hook in (self.guard_finite, self.meter_cost, self.log, self.poll_signals, self.checkpoint,
+                     self.stop_if_signalled):
+            hook(end)
+
+    def guard_finite(self, end: StepEnd) -> None:
+        """A NaN/inf loss or gradient stops the run before anything is saved: the last checkpoint stays good."""
+        m, k, s = end.metrics, end.stage, end.stage_step
+        if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
+            return
+        self.store.wait()
+        raise NonFiniteError(
+            f"non-finite {'loss' if not math.isfinite(m['loss']) else 'gradient'} at stage {k + 1} step "
+            f"{s} (global step {end.global_step}): loss={m['loss']}, grad_norm={m['grad_norm']}; no checkpoint "
+            f"was written for it; the last good checkpoint is "
+            f"{'step ' + str(self.last_saved) if self.last_saved is not None else 'none'} in {self.store.directory}",
+            end.global_step, self.last_saved,
+        )
+
+    def meter_cost(self, end: StepEnd) -> None:
+        self.rate.tick()
+        self.cost.add(self.batch_size, self.flops_step, self.usd_step, end.wall_s, self.n_devices)
+
+    def log(self, end: StepEnd) -> None:
+        """metrics.jsonl and TensorBoard every ``train.log_every_steps`` and at a stage's end; the progress bar."""
+        spec, cost, m, s = self.spec, self.cost, end.metrics, end.stage_step
+        sps_step = self.rate.seconds_per_step()
+        sps = self.batch_size / sps_step if sps_step else None
+        mfu = self.flops_step / sps_step / (self.hw.peak_flops * self.n_devices) if sps_step else None
+        eta = ((end.stage_steps - s) * sps_step + self.later_flops / (self.flops_step / sps_step)) if sps_step else None
+        if s % spec.train.log_every_steps == 0 or s == end.stage_steps:
+            self.tele.log_step({
+                "global_step": end.global_step, "stage": end.stage, "stage_step": s, "samples": cost.samples,
+                **m, "samples_per_s": sps, "mfu": mfu, "usd": cost.usd, "usd_wall":
+                cost.device_s / 3600 * self.hw.price(spec.pricing).usd_per_device_hour,
+                **_loggable_data_state(end.data_state),
+            })
+        self.tele.update_bar(end.global_step, end.stage, len(spec.stages), s, end.stage_steps, m["loss"], sps, mfu,
+                             cost.usd, eta)
+
+    def poll_signals(self, end: StepEnd) -> None:
+        end.signum = self.stop.requested()  # a collective in a multi-process run: every process asks every step
+
+    def checkpoint(self, end: StepEnd) -> None:
+        """Every ``train.checkpoint_every_steps`` global steps, at a stage's end, and when a stop was requested."""
+        due = end.global_step % self.spec.train.checkpoint_every_steps == 0
+        if not (end.stage_step == end.stage_steps or due or end.signum):
+            return
+        state = end.state
+        self.store.save(end.global_step, state["params"], state["opt"], {
+            "version": ckpt.META_VERSION, "run_id": self.spec.run_id, "stage": end.stage,
+            "stage_step": end.stage_step, "stage_steps": end.stage_steps, "global_step": end.global_step,
+            "rng": [int(x) for x in np.asarray(jax.device_get(state["rng"])).ravel()],
+            "data_states": ckpt.gather_json(end.data_state), "cost": self.cost.to_dict(),
+            "model": ckpt.model_meta(self.cfg), "loss": end.metrics["loss"],
+        })
+        self.last_saved = end.global_step
+
+    def stop_if_signalled(self, end: StepEnd) -> None:
+        if end.signum:
+            self.store.wait()
+            raise TrainingInterrupted(end.signum, end.global_step, self.run_dir)
+
+
 def train(
     spec: RunSpec,
     run_dir: str | Path,
@@ -446,8 +515,7 @@ def train(
     primary = pidx == 0
     preflight(spec, mesh)
     check_run_dir(spec, run_dir)
-    hw = get_hardware(spec.hardware)
-    store = ckpt.Checkpoints(run_dir / ckpt.CHECKPOINT_DIR, max_to_keep=max_to_keep)
+    store = ckpt.Checkpoints(run_dir / CHECKPOINT_DIR, max_to_keep=max_to_keep)
 
     # ---- where to start ------------------------------------------------------------------------------------------
     latest = store.latest_step()
@@ -481,7 +549,7 @@ def train(
     if meta is not None:
         tele.event({"kind": "resume", "global_step": global_step, "stage": start_stage, "stage_step": start_step})
     stop = _StopFlag(handle_signals)
-    last_saved = latest
+    hooks = StepHooks(spec, run_dir, store, tele, cost, stop, n_dev, last_saved=latest)
     final_loss = None
     cfg = None
     state = None
@@ -512,7 +580,7 @@ def train(
                 init_from = f"checkpoint {latest} (resume)"
             else:
                 params, init_from = _stage_params(spec, k, cfg, carried, mesh, shardings["params"])
-                new_state = _cached(("state", cfg, _step_key(st), spec.train, mesh), lambda: jax.jit(
+                new_state = compiled.cached(("state", cfg, _step_key(st), spec.train, mesh), lambda: jax.jit(
                     lambda p, r: make_state(p, tx, r), out_shardings=shardings))
                 state = new_state(params, stage_rng(spec.seed, k))
                 del params
@@ -521,13 +589,8 @@ def train(
                             "text_len": st.text_len, "mask": mask.strategy, "mask_ratio": mask.ratio})
             carried = None
             step_fn = make_train_step(cfg, mask, st, spec.train, mesh)
-
-            flops_step = stage_flops(spec.model, st).train_per_sample * st.batch_size
-            usd_step = dollars_for_flops(flops_step, stage_tokens(spec.model, st), cfg.variant.image.width,
-                                         spec.hardware, spec.pricing)
-            later_flops = sum(stage_flops(spec.model, s2).total for s2 in spec.stages[k + 1:])
+            hooks.begin_stage(k, cfg)
             local = meshlib.local_batch_size(st.batch_size)
-            rate = RateWindow()
 
             def fetch():
                 return meshlib.global_batch(check_batch(source.next_batch(), st, k, local), mesh, st.batch_size)
@@ -544,43 +607,8 @@ def train(
                 m = {name: float(v) for name, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 wall, t_last = now - t_last, now
-                rate.tick()
-                if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-                    store.wait()
-                    raise NonFiniteError(
-                        f"non-finite {'loss' if not math.isfinite(m['loss']) else 'gradient'} at stage {k + 1} step "
-                        f"{s} (global step {global_step}): loss={m['loss']}, grad_norm={m['grad_norm']}; no checkpoint "
-                        f"was written for it; the last good checkpoint is "
-                        f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in {store.directory}",
-                        global_step, last_saved,
-                    )
+                hooks.after_step(StepEnd(k, s, st.steps, global_step, m, wall, data_state, state))
                 final_loss = m["loss"]
-                cost.add(st.batch_size, flops_step, usd_step, wall, n_dev)
-                sps_step = rate.seconds_per_step()
-                sps = st.batch_size / sps_step if sps_step else None
-                mfu = flops_step / sps_step / (hw.peak_flops * n_dev) if sps_step else None
-                eta = ((st.steps - s) * sps_step + later_flops / (flops_step / sps_step)) if sps_step else None
-                if s % spec.train.log_every_steps == 0 or s == st.steps:
-                    tele.log_step({
-                        "global_step": global_step, "stage": k, "stage_step": s, "samples": cost.samples,
-                        **m, "samples_per_s": sps, "mfu": mfu, "usd": cost.usd, "usd_wall":
-                        cost.device_s / 3600 * hw.price(spec.pricing).usd_per_device_hour,
-                        **_loggable_data_state(data_state),
-                    })
-                tele.update_bar(global_step, k, len(spec.stages), s, st.steps, m["loss"], sps, mfu, cost.usd, eta)
-                signum = stop.requested()
-                if s == st.steps or global_step % spec.train.checkpoint_every_steps == 0 or signum:
-                    store.save(global_step, state["params"], state["opt"], {
-                        "version": ckpt.META_VERSION, "run_id": spec.run_id, "stage": k, "stage_step": s,
-                        "stage_steps": st.steps, "global_step": global_step,
-                        "rng": [int(x) for x in np.asarray(jax.device_get(state["rng"])).ravel()],
-                        "data_states": ckpt.gather_json(data_state), "cost": cost.to_dict(),
-                        "model": ckpt.model_meta(cfg), "loss": m["loss"],
-                    })
-                    last_saved = global_step
-                if signum:
-                    store.wait()
-                    raise TrainingInterrupted(signum, global_step, run_dir)
             tele.event({"kind": "stage_end", "global_step": global_step, "stage": k,
                         "params_fingerprint": param_fingerprint(state["params"]), "loss": final_loss})
             carried = (cfg, state["params"])
@@ -593,8 +621,6 @@ def train(
 
 
 def _restore_params(store: ckpt.Checkpoints, step: int, cfg: ModelConfig, mesh, mode: str):
-    from trainer.model import abstract_params
-
     ap = abstract_params(cfg)
     sh = meshlib.state_shardings(ap, mesh, mode)
     params, _ = store.restore(step, ckpt.abstract_like(ap, sh))

@@ -12,10 +12,14 @@ before JAX starts), on a GPU and on a multi-host TPU slice:
   inserts the all-gathers and reduce-scatters. Both use the same ``data`` axis, so the batch layout is the same.
 
 ``check_layout`` turns every way a batch cannot be laid out into a ClipaError before anything is compiled.
+``activation_sharding(mesh)`` is the context the training step traces under so that the model's blocks keep their
+activations split over ``data`` (``batch_sharded``), whatever layout the weights have.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -129,3 +133,30 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, global_size: int) 
         arr = np.asarray(arr)
         out[name] = jax.make_array_from_process_local_data(sharding, arr, (global_size,) + arr.shape[1:])
     return out
+
+
+# The mesh the training step is being traced for, read by the model's blocks (ambient so that the network's
+# signature stays the network's).
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh):
+    """While tracing under this context, activations stay split over the mesh's ``data`` axis (``batch_sharded``)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def batch_sharded(x: jax.Array) -> jax.Array:
+    """Keep activations split over the batch when the training step traces under ``activation_sharding``.
+
+    Without this, FSDP-sharded weights would propagate their layout into the activations and XLA would end up
+    replicating them; with it, XLA all-gathers each weight where it is used, which is what FSDP means.
+    """
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.devices.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(DATA_AXIS)))

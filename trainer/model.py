@@ -1,8 +1,10 @@
 """The CLIP model (flax.nnx): ViT image tower, text transformer, projection heads, learnable temperature.
 
 Owns the network and everything that turns a spec's variant and stage into one (``ModelConfig``), parameter
-initialisation, position-embedding adaptation between stages (``adapt_params``), and the embedding functions that
-evaluation uses (``embed_images``, ``embed_texts``).
+initialisation and position-embedding adaptation between stages (``adapt_params``). Elsewhere: the activation
+layout the training step asks for (``trainer.mesh.activation_sharding``; the blocks call ``mesh.batch_sharded``), the
+cache of compiled programs (``trainer.compiled``) and the batched embedding functions of evaluation
+(``trainer.embed``).
 
 * Image tower: uint8 images are normalised on device (CLIP mean/std), cut into patches, and the patches are embedded
   with a Dense layer on the flattened ``p*p*3`` pixels. A Dense (not a Conv) so that masked patches are dropped
@@ -22,8 +24,6 @@ so the training code works on a plain nested dict of arrays (``nnx.merge(graphde
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 from collections.abc import Callable
@@ -37,8 +37,8 @@ from flax import nnx
 from planner.errors import ClipaError
 from planner.spec import ImageMask, RunSpec, Stage
 from planner.variants import ModelVariant, decode_variant
-from trainer import masking
-from trainer.mesh import DATA_AXIS
+from trainer import compiled, masking
+from trainer.mesh import batch_sharded
 
 # OpenAI CLIP's image statistics (also OpenCLIP's default); applied on device so the host only ships uint8.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -216,31 +216,6 @@ _REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
-
-
-@contextlib.contextmanager
-def activation_sharding(mesh):
-    """While tracing under this context, activations stay split over the mesh's ``data`` axis (``batch_sharded``)."""
-    token = _ACTIVATION_MESH.set(mesh)
-    try:
-        yield
-    finally:
-        _ACTIVATION_MESH.reset(token)
-
-
-def batch_sharded(x: jax.Array) -> jax.Array:
-    """Keep activations split over the batch when the training step traces under ``activation_sharding``.
-
-    Without this, FSDP-sharded weights would propagate their layout into the activations and XLA would end up
-    replicating them; with it, XLA all-gathers each weight where it is used, which is what FSDP means.
-    """
-    mesh = _ACTIVATION_MESH.get()
-    if mesh is None or mesh.devices.size == 1:
-        return x
-    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS)))
-
-
 def _run_blocks(blocks: list[Block], x: jax.Array, remat: str) -> jax.Array:
     x = batch_sharded(x)
     if remat == "none":
@@ -401,8 +376,13 @@ class CLIP(nnx.Module):
         return _l2_normalize(self.text_proj(self.text(tokens).astype(self.dtype)))
 
     def temperature(self) -> jax.Array:
-        """exp(logit_scale), with logit_scale clipped at log(100) (CLIP's cap)."""
-        return jnp.exp(jnp.minimum(self.logit_scale[...], LOGIT_SCALE_MAX))
+        return temperature(self.logit_scale[...])
+
+
+def temperature(logit_scale: jax.Array) -> jax.Array:
+    """exp(logit_scale), with logit_scale clipped at log(100) (CLIP's cap); also for a bare parameter dict's
+    ``logit_scale`` (the train step's loss)."""
+    return jnp.exp(jnp.minimum(logit_scale, LOGIT_SCALE_MAX))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -424,17 +404,13 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-_INIT_CACHE: dict[tuple, Callable] = {}
-
-
 def initialize(cfg: ModelConfig, key: jax.Array | int = 0, out_shardings=None, cache_key: tuple = ()) -> Params:
     """``init_params`` jitted (with ``out_shardings``, when given), compiled once per parameter signature."""
     if isinstance(key, int):
         key = jax.random.PRNGKey(key)
-    k = (cfg.param_signature, cache_key)
-    if k not in _INIT_CACHE:
-        _INIT_CACHE[k] = jax.jit(lambda rng: init_params(cfg, rng), out_shardings=out_shardings)
-    return _INIT_CACHE[k](key)
+    init = compiled.cached(("init", cfg.param_signature, cache_key),
+                           lambda: jax.jit(lambda rng: init_params(cfg, rng), out_shardings=out_shardings))
+    return init(key)
 
 
 def bind(cfg: ModelConfig, params: Params) -> CLIP:
@@ -482,82 +458,3 @@ def adapt_params(params: Params, src: ModelConfig, dst: ModelConfig) -> Params:
             jnp.asarray(pe, jnp.float32), (dst.grid, dst.grid, pe.shape[-1]), method="bilinear", antialias=True
         )
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# embedding for evaluation
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    """A model configuration with its parameters: what ``embed_images`` / ``embed_texts`` and eval work on."""
-
-    cfg: ModelConfig
-    params: Params
-
-
-_EMBED_CACHE: dict[tuple, Callable] = {}
-
-
-def _embed_fn(cfg: ModelConfig, kind: str) -> Callable:
-    key = (cfg, kind)
-    if key not in _EMBED_CACHE:
-        if kind == "image":
-            _EMBED_CACHE[key] = jax.jit(lambda p, x: bind(cfg, p).encode_image(x))
-        else:
-            _EMBED_CACHE[key] = jax.jit(lambda p, x: bind(cfg, p).encode_text(x))
-    return _EMBED_CACHE[key]
-
-
-def _as_trained(model_or_state: TrainedModel | CLIP | tuple) -> TrainedModel:
-    if isinstance(model_or_state, TrainedModel):
-        return model_or_state
-    if isinstance(model_or_state, tuple) and len(model_or_state) == 2:
-        return TrainedModel(*model_or_state)
-    raise TypeError("expected a TrainedModel (trainer.checkpoint.load_trained) or a (ModelConfig, params) pair")
-
-
-def _batched(fn, params, x: np.ndarray, batch: int) -> np.ndarray:
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        n = len(chunk)
-        # pad to the batch size (or, for short inputs, the next power of two) so that a short tail or a
-        # different-sized call reuses a compiled shape instead of compiling another one
-        size = batch if len(x) > batch else min(batch, 1 << max(n - 1, 0).bit_length())
-        if n < size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
-        outs.append(np.asarray(fn(params, chunk))[:n])
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
-
-
-def embed_images(model_or_state, images_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised image embeddings [N, E] (float32) for uint8 images [N, R, R, 3]; all tokens (no masking).
-
-    ``model_or_state``: a ``CLIP`` module, a ``TrainedModel`` or a ``(ModelConfig, params)`` pair.
-    """
-    images_uint8 = np.asarray(images_uint8)
-    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4:
-        raise ClipaError("images", f"expected uint8 [N, R, R, 3] images, got {images_uint8.dtype} {images_uint8.shape}")
-    if isinstance(model_or_state, CLIP):
-        return np.asarray(model_or_state.encode_image(jnp.asarray(images_uint8)))
-    tm = _as_trained(model_or_state)
-    res = images_uint8.shape[1]
-    cfg = tm.cfg
-    params = tm.params
-    if res != cfg.image_res:  # evaluate at the data's resolution (e.g. a fine-tune at 224 evaluated at 224)
-        dst = cfg.with_resolution(res)
-        params, cfg = adapt_params(params, cfg, dst), dst
-    return _batched(_embed_fn(cfg, "image"), params, images_uint8, batch_size)
-
-
-def embed_texts(model_or_state, tokens: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """L2-normalised text embeddings [N, E] (float32) for int32 token ids [N, L]."""
-    tokens = np.asarray(tokens, dtype=np.int32)
-    if tokens.ndim != 2:
-        raise ClipaError("tokens", f"expected int32 [N, L] token ids, got shape {tokens.shape}")
-    if isinstance(model_or_state, CLIP):
-        return np.asarray(model_or_state.encode_text(jnp.asarray(tokens)))
-    tm = _as_trained(model_or_state)
-    return _batched(_embed_fn(tm.cfg, "text"), tm.params, tokens, batch_size)

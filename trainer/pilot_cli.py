@@ -92,13 +92,13 @@ def register(app: typer.Typer) -> None:
         fit = load_or_fit(refit=True)
         st = fit.studies.get(ds)
         if json_out:
-            from planner.cli_model import _clean, _study_dict
+            from planner.cli_model import json_safe, study_json
 
-            print_json(_clean({"plan_dir": str(folder), "pilot_id": pid, "runs": [
+            print_json(json_safe({"plan_dir": str(folder), "pilot_id": pid, "runs": [
                 {"run_id": r.run_id, "model": r.model, "schedule": r.spec.schedule, "top1": r.top1,
                  "device_hours": r.device_hours, "planned_cost_usd": r.extra.get("planned_cost_usd"),
                  "cost_usd": r.cost_usd} for r in results],
-                "study": ({**_study_dict(st), "param_sd": st.param_sd()} if st else None)}))
+                "study": study_json(st) if st else None}))
             return
         if st is None:
             console.print(f"no study fit for {ds}: it needs at least 3 recorded runs")

@@ -14,7 +14,7 @@ import typer
 from planner.errors import ClipaError
 # The launch options of `clipa tpu run`, defined once there (that module imports nothing heavy).
 from trainer.tpu.cli import (DEFAULT_MAX_ATTEMPTS, DEFAULT_POLL_INTERVAL_S, DEFAULT_PROVISION_TIMEOUT_S, DEFAULT_SLICE,
-                             BucketOpt, DryRunOpt, EndpointOpt, HardwareOpt, LocalWorkersOpt, MaxAttemptsOpt,
+                             BucketOpt, DryRunOpt, HardwareOpt, MaxAttemptsOpt,
                              NoInstallOpt, PollOpt, PricingOpt, ProjectOpt, ProvisionTimeoutOpt, SliceOpt,
                              TrainerArgOpt, ZoneOpt)
 
@@ -69,8 +69,6 @@ def register(app: typer.Typer) -> None:
         max_attempts: MaxAttemptsOpt = DEFAULT_MAX_ATTEMPTS,
         trainer_arg: TrainerArgOpt = None,
         poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
-        endpoint: EndpointOpt = None,
-        local_workers: LocalWorkersOpt = None,
     ) -> None:
         """Execute every run of a plan (or one spec): train (resuming), evaluate zero-shot, record the result.
 
@@ -95,17 +93,17 @@ def register(app: typer.Typer) -> None:
         launch: dict[str, tuple] = {}
         if backend == "tpu":
             from trainer.tpu.cli import launch_options
-            from trainer.tpu.launcher import make_workers
+            from trainer.tpu.launcher import local_workers_root, make_workers
 
             for spec, _ in runs:
-                if local_workers is None:
+                if local_workers_root() is None:  # local worker processes (tests, demos) can read local paths
                     tpu_preflight(spec)
                 options = launch_options(spec, project=project, zone=zone, bucket=bucket, hardware=hardware,
                                          slice_=slice_, pricing=pricing, name=f"clipa-{spec.run_id}",
                                          no_install=no_install, provision_timeout=provision_timeout,
                                          max_attempts=max_attempts, trainer_arg=trainer_arg,
                                          poll_interval=poll_interval)
-                launch[spec.run_id] = (options, make_workers(options, local_workers))
+                launch[spec.run_id] = (options, make_workers(options))
         if dry_run:
             plan_out = []
             for spec, _ in runs:
@@ -137,7 +135,7 @@ def register(app: typer.Typer) -> None:
 
                 options, workers = launch[spec.run_id]
                 out = execute_tpu_run(spec, root / spec.run_id, options, prediction=prediction, plan_id=plan_id,
-                                      workers=workers, endpoint=endpoint)
+                                      workers=workers)
             else:
                 out = _execute_local(spec, root, prediction, plan_id, progress, eval_limit)
             recorded.append(out.result)

@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
-TB_DIR = "tensorboard"
+from trainer.run_layout import METRICS_FILE, TENSORBOARD_DIR
 
 
 class NonFiniteError(RuntimeError):
@@ -88,7 +87,7 @@ class Telemetry:
             from tensorboardX import SummaryWriter
 
             purge = (resume_global_step + 1) if resume_global_step is not None else None
-            self._tb = SummaryWriter(str(self.run_dir / TB_DIR), purge_step=purge)
+            self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=purge)
         except Exception:  # TensorBoard is a convenience; JSONL is the record
             self._tb = None
         if progress:

@@ -4,19 +4,19 @@
   directory defaults to ``runs/<run_id>`` under the project root (``CLIPA_HOME``). Compiled programs are cached in
   ``RUN_DIR/jax_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a resumed run does not compile again.
   At the end it writes ``RUN_DIR/train_summary.json`` (steps, final loss, cost meter) and, with ``eval_data`` in the
-  spec, evaluates the final model zero-shot into ``RUN_DIR/eval.json`` (``closed_loop.evaluate_at_end``: in a
-  multi-process run, process 0 evaluates on one of its devices while the others wait for it).
+  spec, evaluates the final model zero-shot into ``RUN_DIR/eval.json`` (``multihost_eval.evaluate_at_end``: in a
+  multi-process run, process 0 evaluates on one of its devices while the others wait for it). File names in the run
+  directory are ``trainer.run_layout``'s.
   Exit codes: 0 done; 2 bad input (one line, as every command); 3 non-finite loss/gradient (the last good
   checkpoint is kept); 128 + signal number after SIGTERM/SIGINT (a checkpoint was saved; rerun to resume).
 * ``clipa eval CHECKPOINT_OR_RUN_DIR --data DIR`` zero-shot evaluates a checkpoint with
-  ``trainer.data.zeroshot`` (the input-pipeline side), giving it ``embed_images`` / ``embed_texts`` callables.
+  ``trainer.data.zeroshot`` (the input-pipeline side), giving it the ``trainer.embed`` callables.
 
 JAX is imported inside the command bodies only, so ``clipa plan`` stays fast.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -25,18 +25,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.errors import ClipaError
+from trainer.run_layout import COMPILE_CACHE_DIR, SPEC_FILE, SUMMARY_FILE, default_run_dir, local_run_dir, run_dir_of
 
 EXIT_NON_FINITE = 3
-# Written by process 0 into the run dir when training is complete: what the run measured (its cost meter), for callers
-# that only see the run dir's top-level files (the TPU launcher fetches those; checkpoints stay in the bucket).
-SUMMARY_FILE = "train_summary.json"
-
-
-def default_run_dir(spec) -> Path:
-    from planner.paths import project_root
-
-    return project_root() / "runs" / spec.run_id
 
 
 def _enable_compile_cache(run_dir: Path) -> None:
@@ -44,19 +35,8 @@ def _enable_compile_cache(run_dir: Path) -> None:
         return  # JAX reads it itself
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(run_dir / "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", str(run_dir / COMPILE_CACHE_DIR))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def run_dir_of(path: Path) -> Path | None:
-    """The run directory a checkpoint path belongs to (the folder holding spec.json), if any."""
-    from trainer.loop import SPEC_FILE
-
-    p = path.absolute()
-    for cand in (p, p.parent, p.parent.parent):
-        if (cand / SPEC_FILE).exists():
-            return cand
-    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -82,7 +62,7 @@ def register(app: typer.Typer) -> None:
         from trainer.mesh import maybe_initialize_distributed
 
         maybe_initialize_distributed()  # before anything starts a JAX backend
-        from trainer.loop import TrainingInterrupted, local_run_dir, train
+        from trainer.loop import TrainingInterrupted, train
 
         rd = local_run_dir(run_dir if run_dir is not None else default_run_dir(s))
         _enable_compile_cache(rd)
@@ -106,12 +86,12 @@ def register(app: typer.Typer) -> None:
         }
         import jax
 
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # what the run measured, for those who see only the top-level files (TPU)
             from planner.store import atomic_write_text
 
             atomic_write_text(rd / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
         if evaluate and s.eval_data:
-            from trainer.closed_loop import EvalFailedElsewhere, evaluate_at_end
+            from trainer.multihost_eval import EvalFailedElsewhere, evaluate_at_end
 
             try:  # every process takes part; process 0 evaluates and writes eval.json (multi-host: see its docstring)
                 ev = evaluate_at_end(s, rd, result.cfg, result.params)
@@ -136,38 +116,23 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     ) -> None:
         """Zero-shot evaluation of a trained checkpoint (classification from class names and prompt templates)."""
-        try:
-            from trainer.data import zeroshot
-        except ImportError as e:
-            raise ClipaError("eval", f"zero-shot evaluation (trainer.data.zeroshot) is not available ({e})") from None
-        evaluate = getattr(zeroshot, "evaluate", None)
-        if evaluate is None:
-            raise ClipaError("eval", "trainer.data.zeroshot has no evaluate() function")
         from trainer.checkpoint import load_trained
-        from trainer.model import embed_images, embed_texts
+        from trainer.data.zeroshot import evaluate
+        from trainer.embed import embed_images, embed_texts
 
         tm = load_trained(checkpoint)
         rd = run_dir_of(checkpoint)
         spec = None
         if rd is not None:
             from planner.spec import load_spec
-            from trainer.loop import SPEC_FILE
 
             spec = load_spec(rd / SPEC_FILE)
-        offered = {
-            "data": str(data),
-            "embed_images": lambda images: embed_images(tm, images),
-            "embed_texts": lambda tokens: embed_texts(tm, tokens),
-            "image_res": tm.cfg.image_res,
-            "text_len": spec.stages[-1].text_len if spec else None,
-            "tokenizer": spec.tokenizer if spec else None,
-            "spec": spec,
-        }
-        params = inspect.signature(evaluate).parameters
-        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in offered.items() if (takes_all or k in params) and v is not None}
-        result = evaluate(**kwargs)
-        if json_out or not isinstance(result, dict):
+        result = evaluate(
+            str(data), lambda images: embed_images(tm, images), lambda tokens: embed_texts(tm, tokens),
+            image_res=tm.cfg.image_res, text_len=spec.stages[-1].text_len if spec else None,
+            tokenizer=spec.tokenizer if spec else None, spec=spec,
+        )
+        if json_out:
             sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         else:
             for k, v in result.items():

@@ -10,15 +10,8 @@ from data_helpers import image_bytes
 
 from planner.errors import ClipaError
 from trainer.data.pipeline import make_eval_source
-from trainer.data.zeroshot import (
-    build_classifier,
-    imagenet_classnames,
-    load_classnames,
-    load_templates,
-    openai_templates,
-    retrieval_recall,
-    zero_shot_classify,
-)
+from trainer.data.prompts import imagenet_classnames, load_classnames, load_templates, openai_templates
+from trainer.data.zeroshot import build_classifier, retrieval_recall, zero_shot_classify
 
 
 def test_shipped_imagenet_names_and_templates():

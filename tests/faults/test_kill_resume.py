@@ -194,7 +194,8 @@ def test_kill_at_ten_points_then_resume_equals_uninterrupted(tiny_data, tmp_path
 def test_a_damaged_started_file_restarts_the_clock(tmp_path, content):
     """started.json in a run folder is rewritten atomically, but a folder copied or edited by hand may hold
     anything: the run takes a new start time instead of failing."""
-    from trainer.closed_loop import STARTED_FILE, _started_at
+    from trainer.closed_loop import _started_at
+    from trainer.run_layout import STARTED_FILE
 
     (tmp_path / STARTED_FILE).write_text(content)
     started = _started_at(tmp_path)

@@ -1,7 +1,9 @@
 """Fixtures for the TPU launcher tests: the fake Cloud TPU API on 127.0.0.1 and a client connected to it.
 
-Everything runs on this machine: the real ``TpuClient`` talks to ``trainer.tpu.fake_server`` over a real insecure
-gRPC channel, and workers are local subprocesses (``LocalExec``) running ``worker_script.py`` or the real trainer.
+Everything runs on this machine: the real ``TpuClient`` talks to the fake server (``fake_server.py`` here) over a
+real insecure gRPC channel, and workers are local subprocesses (``LocalExec``) running ``worker_script.py`` or the
+real trainer. Commands reach them the way a user would point them elsewhere: ``fake`` sets ``CLIPA_TPU_ENDPOINT``,
+``local_workers`` sets ``CLIPA_TPU_LOCAL_WORKERS``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import pytest
 from tpu_helpers import PROJECT, ZONE
 
-from trainer.tpu.fake_server import FakeConfig, FakeTpuServer
+from fake_server import FakeConfig, FakeTpuServer
+
+from trainer.tpu.api import ENDPOINT_ENV
+from trainer.tpu.launcher import LOCAL_WORKERS_ENV
 
 
 @pytest.fixture
@@ -18,9 +23,17 @@ def fake_config() -> FakeConfig:
 
 
 @pytest.fixture
-def fake(fake_config):
+def fake(fake_config, monkeypatch):
     with FakeTpuServer(fake_config) as server:
+        monkeypatch.setenv(ENDPOINT_ENV, server.address)
         yield server
+
+
+@pytest.fixture
+def local_workers(tmp_path, monkeypatch):
+    """The folder the commands' TPU workers run in as local processes (one sub-folder per node and worker)."""
+    monkeypatch.setenv(LOCAL_WORKERS_ENV, str(tmp_path / "vms"))
+    return tmp_path / "vms"
 
 
 @pytest.fixture

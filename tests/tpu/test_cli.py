@@ -1,6 +1,6 @@
-"""``clipa tpu up|status|logs|down|run`` against the fake API over 127.0.0.1 (hidden --endpoint), with the CLI
-conventions: JSON on stdout with --json, progress on stderr, one-line errors (bad input or a failed run) with
-exit code 2."""
+"""``clipa tpu up|status|logs|down|run`` against the fake API over 127.0.0.1 (CLIPA_TPU_ENDPOINT, set by the ``fake``
+fixture), with the CLI conventions: JSON on stdout with --json, progress on stderr, one-line errors (bad input or a
+failed run) with exit code 2."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tpu_helpers import PROJECT, ZONE, write_spec
 
 from planner.cli import run_app
 from trainer.cli import build_app
-from trainer.tpu.fake_server import FakeConfig
+from fake_server import FakeConfig
 
 COMMON = ["--project", PROJECT, "--zone", ZONE]
 FAST = ["--poll-interval", "0.02"]
@@ -26,8 +26,7 @@ def cli(argv, capsys):
 
 @pytest.mark.parametrize("fake_config", [FakeConfig(waiting_polls=2, provisioning_polls=1)])
 def test_up_status_down(fake, capsys):
-    ep = ["--endpoint", fake.address]
-    code, out, err = cli(["tpu", "up", *COMMON, *ep, *FAST, "--name", "manual-1", "--hardware", "tpu-v6e",
+    code, out, err = cli(["tpu", "up", *COMMON, *FAST, "--name", "manual-1", "--hardware", "tpu-v6e",
                           "--slice", "16", "--pricing", "on-demand", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
@@ -35,23 +34,23 @@ def test_up_status_down(fake, capsys):
     assert len(info["workers"]) == 2
     assert "WAITING_FOR_RESOURCES" in err
 
-    code, out, _ = cli(["tpu", "status", *COMMON, *ep, "--json"], capsys)
+    code, out, _ = cli(["tpu", "status", *COMMON, "--json"], capsys)
     status = json.loads(out)
     assert [q["state"] for q in status["queued_resources"]] == ["ACTIVE"]
     assert [n["name"].rsplit("/", 1)[-1] for n in status["nodes"]] == ["manual-1"]
-    code, out, _ = cli(["tpu", "status", *COMMON, *ep, "--name", "manual-1"], capsys)
+    code, out, _ = cli(["tpu", "status", *COMMON, "--name", "manual-1"], capsys)
     assert "node manual-1: READY v6e-16 (on-demand), 2 worker(s)" in out
 
-    code, _, err = cli(["tpu", "down", *COMMON, *ep, *FAST, "--name", "manual-1"], capsys)
+    code, _, err = cli(["tpu", "down", *COMMON, *FAST, "--name", "manual-1"], capsys)
     assert code == 0 and "manual-1: deleted" in err
     assert fake.fake.allocated() == {"queued_resources": [], "nodes": []}
-    code, _, err = cli(["tpu", "down", *COMMON, *ep, "--name", "manual-1"], capsys)
+    code, _, err = cli(["tpu", "down", *COMMON, "--name", "manual-1"], capsys)
     assert code == 0 and "nothing to delete" in err
 
 
 @pytest.mark.parametrize("fake_config", [FakeConfig(waiting_polls=10**6)])
 def test_up_deletes_what_it_could_not_finish(fake, capsys):
-    code, out, err = cli(["tpu", "up", *COMMON, *FAST, "--endpoint", fake.address, "--name", "never", "--slice", "8",
+    code, out, err = cli(["tpu", "up", *COMMON, *FAST, "--name", "never", "--slice", "8",
                           "--provision-timeout", "0.3"], capsys)
     assert code == 2 and out == ""
     assert err.splitlines()[-1].startswith("error: tpu: no v5litepod-8 capacity in us-central1-a within 0.3 s")
@@ -60,11 +59,10 @@ def test_up_deletes_what_it_could_not_finish(fake, capsys):
 
 
 @pytest.mark.parametrize("fake_config", [FakeConfig(quota_errors=10**6)])
-def test_run_reports_failure_with_exit_2_and_outcome_json(tmp_path, fake, capsys):
+def test_run_reports_failure_with_exit_2_and_outcome_json(tmp_path, fake, local_workers, capsys):
     spec = write_spec(tmp_path / "spec.json")
     code, out, err = cli(["tpu", "run", str(spec), "--run-dir", str(tmp_path / "run"), *COMMON, *FAST,
-                          "--endpoint", fake.address, "--bucket", f"file://{tmp_path}/bucket", "--provision-timeout",
-                          "0.2", "--local-workers", str(tmp_path / "vms"), "--json"], capsys)
+                          "--bucket", f"file://{tmp_path}/bucket", "--provision-timeout", "0.2", "--json"], capsys)
     assert code == 2
     outcome = json.loads(out)
     assert outcome["status"] == "failed" and "RESOURCE_EXHAUSTED" in outcome["error"]
@@ -72,12 +70,11 @@ def test_run_reports_failure_with_exit_2_and_outcome_json(tmp_path, fake, capsys
     assert fake.fake.allocated() == {"queued_resources": [], "nodes": []}
 
 
-def test_logs_prints_a_worker_log(tmp_path, capsys):
-    log = tmp_path / "vms" / "clipa-x-a1" / "worker-0" / "clipa-run" / "train.log"
+def test_logs_prints_a_worker_log(local_workers, capsys):
+    log = local_workers / "clipa-x-a1" / "worker-0" / "clipa-run" / "train.log"
     log.parent.mkdir(parents=True)
     log.write_text("stage 0 step 1/10\ntoken ya29.leaked-token-value\n")
-    code, out, _ = cli(["tpu", "logs", *COMMON, "--name", "clipa-x-a1", "--local-workers", str(tmp_path / "vms")],
-                       capsys)
+    code, out, _ = cli(["tpu", "logs", *COMMON, "--name", "clipa-x-a1"], capsys)
     assert code == 0
     assert out == "stage 0 step 1/10\ntoken [redacted]\n"
 

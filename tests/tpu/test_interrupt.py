@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tpu_helpers import write_spec
 
-from trainer.tpu.fake_server import FakeConfig
+from fake_server import FakeConfig
 
 HERE = Path(__file__).parent
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tpu_helpers import WORKER_SCRIPT, Watcher, checkpoint_reached, fast_options, write_spec
-from trainer.tpu.fake_server import FakeConfig
+from fake_server import FakeConfig
 from trainer.tpu.launcher import run_on_tpu
 from trainer.tpu.workers import LocalExec
 

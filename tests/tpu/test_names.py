@@ -122,3 +122,21 @@ def test_cli_rejects_bad_names_with_one_line_and_exit_2(tmp_path, capsys, argv):
     assert out.out == ""
     assert out.err.startswith("error: ") and out.err.count("\n") == 1
     json.dumps(out.err)  # a plain line, nothing else
+
+
+@pytest.mark.parametrize(("hardware", "chips"), [("tpu-v5e", 1), ("tpu-v5e", 8), ("tpu-v5e", 32), ("tpu-v4", 8),
+                                                 ("tpu-v5p", 16), ("tpu-v6e", 16)])
+def test_an_accelerator_type_reads_back_as_the_slice_it_names(hardware, chips):
+    from trainer.tpu.options import SliceInfo
+
+    s = SliceInfo.of(hardware, chips, "spot")
+    assert SliceInfo.of_accelerator_type(s.accelerator_type) == s
+
+
+@pytest.mark.parametrize("bad", ["v9-8", "v5litepod", "v5litepod-0", "v5litepod-12", "v4-3", "gpu-8"])
+def test_an_unknown_accelerator_type_is_a_clipa_error(bad):
+    from trainer.tpu.options import SliceInfo
+
+    with pytest.raises(ClipaError) as e:
+        SliceInfo.of_accelerator_type(bad)
+    assert e.value.field in ("accelerator_type", "slice")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tpu_helpers import WORKER_SCRIPT, fast_options, write_spec
 
-from trainer.tpu.fake_server import FakeConfig
+from fake_server import FakeConfig
 from trainer.tpu.launcher import run_on_tpu
 from trainer.tpu.workers import LocalExec
 

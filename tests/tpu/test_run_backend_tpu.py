@@ -16,7 +16,7 @@ from planner.cli import run_app
 from planner.hardware import get_hardware
 from planner.spec import load_spec, spec_from_dict
 from trainer.cli import build_app
-from trainer.tpu.fake_server import FakeConfig
+from fake_server import FakeConfig
 
 PREDICTION = {"predicted_top1": 5.0, "low": 1.0, "high": 9.0, "extrapolated": True, "fit_version": "test"}
 
@@ -48,10 +48,10 @@ def _plan(tmp_path: Path, data: Path) -> tuple[Path, str]:
     return plan, run_id
 
 
-def _argv(tmp_path: Path, plan: Path, fake, *extra: str) -> list[str]:
+def _argv(tmp_path: Path, plan: Path, *extra: str) -> list[str]:
     return ["run", str(plan), "--backend", "tpu", "--project", PROJECT, "--zone", ZONE, "--bucket",
-            f"file://{tmp_path}/bucket", "--slice", "8", "--poll-interval", "0.05", "--endpoint", fake.address,
-            "--local-workers", str(tmp_path / "vms"), "--run-dir", str(tmp_path / "runs"), "--no-progress", *extra]
+            f"file://{tmp_path}/bucket", "--slice", "8", "--poll-interval", "0.05",
+            "--run-dir", str(tmp_path / "runs"), "--no-progress", *extra]
 
 
 def _cli(argv, capsys):
@@ -68,12 +68,13 @@ def _steps(path: Path) -> list[int]:
 
 
 @pytest.mark.slow  # two trainer start-ups (preempted, resumed) and a zero-shot eval: about a minute on two cores
-def test_plan_runs_on_a_preempted_slice_and_is_recorded_once(tmp_path, tiny_data, fake, isolated_home, capsys):
+def test_plan_runs_on_a_preempted_slice_and_is_recorded_once(tmp_path, tiny_data, fake, local_workers, isolated_home,
+                                                             capsys):
     plan, run_id = _plan(tmp_path, tiny_data)
     remote = tmp_path / "bucket" / f"clipa-{run_id}"
     watcher = Watcher(lambda: any(s >= 4 for s in _steps(remote / "checkpoints")), lambda: fake.fake.preempt())
     try:
-        code, out, err = _cli(_argv(tmp_path, plan, fake, "--json"), capsys)
+        code, out, err = _cli(_argv(tmp_path, plan, "--json"), capsys)
     finally:
         watcher.close()
     run_dir = tmp_path / "runs" / run_id
@@ -107,7 +108,7 @@ def test_plan_runs_on_a_preempted_slice_and_is_recorded_once(tmp_path, tiny_data
     # Again: the run is recorded, so nothing is launched and the record is untouched.
     before = records[0].read_bytes()
     outcome_before = (run_dir / "tpu" / "outcome.json").read_bytes()
-    code, out, err = _cli(_argv(tmp_path, plan, fake), capsys)
+    code, out, err = _cli(_argv(tmp_path, plan), capsys)
     assert code == 0, err
     assert out.startswith(f"skipped: run {run_id} ")
     assert records[0].read_bytes() == before and (run_dir / "tpu" / "outcome.json").read_bytes() == outcome_before
@@ -116,9 +117,10 @@ def test_plan_runs_on_a_preempted_slice_and_is_recorded_once(tmp_path, tiny_data
 
 
 @pytest.mark.parametrize("fake_config", [FakeConfig(quota_errors=10**6)])
-def test_a_failed_launch_records_nothing_and_says_why(tmp_path, tiny_data, fake, isolated_home, capsys):
+def test_a_failed_launch_records_nothing_and_says_why(tmp_path, tiny_data, fake, local_workers, isolated_home,
+                                                      capsys):
     plan, run_id = _plan(tmp_path, tiny_data)
-    code, out, err = _cli(_argv(tmp_path, plan, fake, "--provision-timeout", "0.2"), capsys)
+    code, out, err = _cli(_argv(tmp_path, plan, "--provision-timeout", "0.2"), capsys)
     assert code == 2 and out == ""
     last = err.splitlines()[-1]
     assert last.startswith(f"error: tpu: run {run_id}: could not create clipa-{run_id}-a1 within 0.2 s")
@@ -169,11 +171,12 @@ def test_dry_run_shows_each_launch_and_creates_nothing(tmp_path, tiny_data, caps
 
 @pytest.mark.slow  # one trainer start-up killed at once, one full run with its eval: about 20 s on two cores
 @pytest.mark.parametrize("fake_config", [FakeConfig(preempt_after_node_polls=[2])])
-def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fake, isolated_home, capsys):
+def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fake, local_workers, isolated_home,
+                                                        capsys):
     """The first invocation's only slice is preempted (--max-attempts 1): it fails and records nothing, but that slice
     was bought; the second invocation completes the run and its record includes the first launch's cost."""
     plan, run_id = _plan(tmp_path, tiny_data)
-    code, out, err = _cli(_argv(tmp_path, plan, fake, "--max-attempts", "1"), capsys)
+    code, out, err = _cli(_argv(tmp_path, plan, "--max-attempts", "1"), capsys)
     assert code == 2 and out == ""
     assert err.splitlines()[-1].startswith(f"error: tpu: run {run_id}: gave up after 1 slices (1 preemptions)")
     assert not list((isolated_home / "results" / "runs").glob("*.json"))
@@ -181,7 +184,7 @@ def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fak
     first = json.loads((tpu_dir / "outcome.json").read_text())
     assert first["status"] == "failed" and first["cost_usd"] > 0
 
-    code, out, err = _cli(_argv(tmp_path, plan, fake, "--json"), capsys)
+    code, out, err = _cli(_argv(tmp_path, plan, "--json"), capsys)
     assert code == 0, err[-3000:]
     (res,) = json.loads(out)["results"]
     assert json.loads((tpu_dir / "outcome-1.json").read_text()) == first  # kept, not overwritten
@@ -195,11 +198,12 @@ def test_a_relaunch_after_a_failed_launch_pays_for_both(tmp_path, tiny_data, fak
 
 
 @pytest.mark.slow  # two local workers (one JAX job of 2 processes) train and evaluate: about a minute on two cores
-def test_a_multi_host_slice_is_trained_evaluated_and_recorded(tmp_path, tiny_data, fake, isolated_home, capsys):
+def test_a_multi_host_slice_is_trained_evaluated_and_recorded(tmp_path, tiny_data, fake, local_workers, isolated_home,
+                                                              capsys):
     """A v5litepod-16 is 2 hosts: the launcher starts `clipa train` on both (2 processes of one JAX job, local
     workers here); process 0 evaluates at the end and writes eval.json, which is fetched and recorded."""
     plan, run_id = _plan(tmp_path, tiny_data)
-    argv = _argv(tmp_path, plan, fake, "--json")
+    argv = _argv(tmp_path, plan, "--json")
     argv[argv.index("--slice") + 1] = "16"
     code, out, err = _cli(argv, capsys)
     run_dir = tmp_path / "runs" / run_id

@@ -12,7 +12,7 @@ from tpu_helpers import PROJECT, ZONE, write_spec
 
 from planner.errors import ClipaError
 from planner.spec import load_spec
-from trainer.loop import local_run_dir
+from trainer.run_layout import local_run_dir
 from trainer.tpu.launcher import LaunchPlan, make_workers
 from trainer.tpu.options import TpuOptions
 from trainer.tpu.workers import GCSFUSE_OPTIONS, MOUNT_DIR, WORKDIR, GcloudSshExec, LocalExec

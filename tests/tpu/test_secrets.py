@@ -84,10 +84,10 @@ def test_no_secret_in_dry_run_or_status_output(tmp_path, fake, planted, capsys):
     common = ["--project", PROJECT, "--zone", ZONE]
     assert run_app(["tpu", "run", str(spec), "--run-dir", str(tmp_path / "run"), *common,
                     "--bucket", "gs://my-bucket/runs", "--dry-run"]) == 0
-    assert run_app(["tpu", "up", *common, "--name", "clipa-s", "--slice", "8", "--endpoint", fake.address,
+    assert run_app(["tpu", "up", *common, "--name", "clipa-s", "--slice", "8",
                     "--provision-timeout", "30"]) == 0
-    assert run_app(["tpu", "status", *common, "--endpoint", fake.address, "--json"]) == 0
-    assert run_app(["tpu", "down", *common, "--name", "clipa-s", "--endpoint", fake.address]) == 0
+    assert run_app(["tpu", "status", *common, "--json"]) == 0
+    assert run_app(["tpu", "down", *common, "--name", "clipa-s"]) == 0
     out = capsys.readouterr()
     assert "clipa-s" in out.out and "v5litepod-8" in out.out
     _scan([], [out.out, out.err], planted)

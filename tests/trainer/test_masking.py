@@ -10,7 +10,8 @@ import pytest
 from planner.flops import kept_image_tokens
 from planner.variants import decode_variant
 from trainer.masking import keep_indices, rectangle, sample_keys
-from trainer.model import MaskConfig, ModelConfig, bind, embed_images, init_params, mask_for_batch
+from trainer.embed import embed_images
+from trainer.model import MaskConfig, ModelConfig, bind, init_params, mask_for_batch
 
 GRIDS = (2, 3, 7, 8, 14)  # even and odd, tiny and ViT-sized (224/16)
 RATIOS = (0.05, 0.25, 0.3, 0.5, 0.75, 0.95)

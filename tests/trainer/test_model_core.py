@@ -15,6 +15,7 @@ from planner.errors import ClipaError
 from planner.variants import decode_variant, image_params, text_params
 from trainer.loop import loss_and_grads
 from trainer.mesh import make_mesh
+from trainer.embed import embed_images, embed_texts
 from trainer.model import (
     LOGIT_SCALE_INIT,
     MaskConfig,
@@ -23,8 +24,6 @@ from trainer.model import (
     adapt_params,
     bind,
     check_resolution,
-    embed_images,
-    embed_texts,
     initialize,
     param_count,
 )

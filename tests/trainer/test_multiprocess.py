@@ -110,7 +110,7 @@ def test_two_processes_evaluate_like_one(tmp_path, eval_data):
     from planner.spec import load_spec
     from trainer.checkpoint import load_trained
     from trainer.data.zeroshot import evaluate
-    from trainer.model import embed_images, embed_texts
+    from trainer.embed import embed_images, embed_texts
 
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(_eval_spec(eval_data)))

@@ -14,9 +14,10 @@ from planner.errors import ClipaError
 from planner.spec import spec_from_dict
 from planner.variants import decode_variant
 from trainer.checkpoint import Checkpoints, load_params, model_meta
-from trainer.loop import SPEC_FILE, param_fingerprint, train
+from trainer.loop import param_fingerprint, train
 from trainer.mesh import check_layout, make_mesh
 from trainer.model import ModelConfig, initialize
+from trainer.run_layout import SPEC_FILE
 from trainer.synthetic import SyntheticSource, make_synthetic_source
 from trainer.telemetry import NonFiniteError, read_metrics
 

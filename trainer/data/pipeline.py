@@ -40,6 +40,7 @@ import numpy as np
 
 from planner.errors import ClipaError
 from trainer.data.images import BadImage, crop_from_base, decode_base, decode_eval, decode_train
+from trainer.data.prompts import imagenet_classnames, load_classnames, load_templates, openai_templates
 from trainer.data.reader import IMAGE_EXTS, ShardStream, is_url, list_shards, path_exists, split_shards
 from trainer.data.text_reduction import reduce_one
 from trainer.data.tokenizer import ClipTokenizer, find_tokenizer, load_tokenizer
@@ -471,8 +472,6 @@ class EvalSource:
 
     def _find_metadata(self, folder: str) -> None:
         """``classes.txt`` / ``templates.txt`` in ``folder`` or its parent (local paths or bucket URLs)."""
-        from trainer.data.zeroshot import load_classnames, load_templates
-
         parent = posixpath.dirname(folder.rstrip("/")) if is_url(folder) else str(Path(folder).parent)
         for d in (folder, parent):
             if self.classnames is None and path_exists(_join(d, "classes.txt")):
@@ -481,8 +480,6 @@ class EvalSource:
                 self.templates = load_templates(_join(d, "templates.txt"))
 
     def _init_folder(self, root: Path) -> None:
-        from trainer.data.zeroshot import imagenet_classnames, openai_templates
-
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not classes:
             raise ClipaError("eval_data", f"{root} has neither shards nor class subfolders")

@@ -11,64 +11,23 @@ embedded ``class_batch`` at a time to bound memory. Prompts are tokenized with p
 Retrieval: one caption per image on a held-out split; recall@K in both directions. ``evaluate`` reads and embeds
 the evaluation images once for both.
 
-Also the package data: ImageNet-1k class names (OpenAI CLIP's curated names, standard index order) and the 80 CLIP
-prompt templates (``trainer/assets``), and readers for a dataset's own ``classes.txt``/``templates.txt``.
+Class names and prompt templates (the package's ImageNet ones, a dataset's own files) come from
+``trainer.data.prompts``, which the evaluation source reads too (so this module and ``pipeline`` do not import each
+other in a cycle: zeroshot -> pipeline -> prompts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from planner.errors import ClipaError
+from trainer.data.pipeline import make_eval_source
+from trainer.data.prompts import openai_templates
 
 EmbedFn = Callable[[np.ndarray], Any]
-
-
-# --- class names and templates -------------------------------------------------------------------------------------
-def _asset_lines(name: str) -> list[str]:
-    # located beside the package rather than through importlib.resources: under pytest the top-level name
-    # "trainer" can also match tests/trainer, which turns it into a multi-path package that resources rejects
-    text = (Path(__file__).resolve().parent.parent / "assets" / name).read_text(encoding="utf-8")
-    return [ln.rstrip("\n") for ln in text.splitlines() if ln.strip()]
-
-
-def imagenet_classnames() -> list[str]:
-    """The 1000 ImageNet-1k class names (OpenAI CLIP's), in class-index order."""
-    return _asset_lines("imagenet_classes.txt")
-
-
-def openai_templates() -> list[str]:
-    """The 80 CLIP ImageNet prompt templates, each with one ``{}`` for the class name."""
-    return _asset_lines("clip_templates.txt")
-
-
-def _read_text(path: str | Path) -> str:
-    """A local file's text, or a bucket object's (``gs://...``, through fsspec)."""
-    from trainer.data.reader import open_binary
-
-    with open_binary(str(path).removeprefix("file://")) as f:
-        return f.read().decode("utf-8")
-
-
-def load_classnames(path: str | Path) -> list[str]:
-    lines = [ln.strip() for ln in _read_text(path).splitlines()]
-    names = [ln for ln in lines if ln]
-    if not names:
-        raise ClipaError("classes", f"{path} lists no class names")
-    return names
-
-
-def load_templates(path: str | Path) -> list[str]:
-    lines = [ln.strip() for ln in _read_text(path).splitlines()]
-    templates = [ln for ln in lines if ln]
-    bad = [t for t in templates if t.count("{}") != 1]
-    if not templates or bad:
-        raise ClipaError("templates", f"{path}: every template needs exactly one '{{}}' (bad: {bad[:2]})")
-    return templates
 
 
 # --- maths ---------------------------------------------------------------------------------------------------------
@@ -243,8 +202,7 @@ def evaluate(
     one beside the spec's training data, else the one beside ``data``. Returns ``top1``/``top5``/``n`` and, when the
     set has captions, retrieval recall (``retrieval``).
     """
-    from trainer.data.pipeline import make_eval_source
-    from trainer.data.tokenizer import find_tokenizer, load_tokenizer
+    from trainer.data.tokenizer import load_tokenizer
 
     text_len = int(text_len or 32)
     tok = load_tokenizer(_eval_tokenizer_path(tokenizer, spec, data))

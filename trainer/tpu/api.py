@@ -3,7 +3,8 @@
 Owns three things: building the exact request messages (queued resource create/get/delete, node get/list), so that
 ``--dry-run`` prints what a real run would send; ``TpuApi``, the handful of calls the launcher makes, with
 NotFound mapped to ``None`` and long-running operations waited for; and ``connect``, which makes a real client
-(application default credentials) or, for tests and emulators, a client on an insecure loopback channel.
+(application default credentials) or, for tests and emulators, a client on an insecure loopback channel: the one
+way to point the commands at another endpoint is the environment variable ``CLIPA_TPU_ENDPOINT`` (HOST:PORT).
 
 The client library is imported inside functions only: planning and local training never load it.
 """
@@ -11,6 +12,7 @@ The client library is imported inside functions only: planning and local trainin
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,8 @@ QR_ACTIVE = "ACTIVE"
 QR_WAITING = ("CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING", "STATE_UNSPECIFIED")
 QR_LOST = ("FAILED", "SUSPENDING", "SUSPENDED")  # the slice is gone or never came: delete and requeue
 NODE_LOST = ("PREEMPTED", "TERMINATED", "STOPPED", "STOPPING", "DELETING", "HIDDEN", "HIDING")
+# A loopback API endpoint (a fake server, an emulator) instead of the real service: for tests and demos.
+ENDPOINT_ENV = "CLIPA_TPU_ENDPOINT"
 
 
 def parent(project: str, zone: str) -> str:
@@ -238,10 +242,12 @@ def _check_loopback(endpoint: str) -> str:
 
 def connect(project: str, zone: str, endpoint: str | None = None, timeout_s: float = 60.0,
             lro_poll_initial_s: float = 1.0, lro_poll_max_s: float = 20.0) -> TpuApi:
-    """A ``TpuApi`` on the real service (application default credentials), or on ``endpoint`` (loopback only)
-    over an insecure gRPC channel with anonymous credentials: the local fake server or an emulator."""
+    """A ``TpuApi`` on the real service (application default credentials), or on ``endpoint`` (default: the
+    ``CLIPA_TPU_ENDPOINT`` variable; loopback only) over an insecure gRPC channel with anonymous credentials: the
+    local fake server or an emulator."""
     from google.cloud import tpu_v2
 
+    endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
     if endpoint is None:
         client = tpu_v2.TpuClient()
     else:

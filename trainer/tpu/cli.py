@@ -49,9 +49,6 @@ DEFAULT_POLL_INTERVAL_S = 60.0
 MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")]
 TrainerArgOpt = Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa train` on "
                                                              "the workers (repeatable)")]
-# Hidden: a loopback endpoint (the fake server or an emulator) and local worker processes, for tests and demos.
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", hidden=True, envvar="CLIPA_TPU_ENDPOINT")]
-LocalWorkersOpt = Annotated[Optional[Path], typer.Option("--local-workers", hidden=True)]
 
 
 def _options(project: str, zone: str, hardware: str | None, slice_: int, pricing: str | None, bucket: str | None,
@@ -100,10 +97,10 @@ def _emit(obj: Any) -> None:
     print_json(obj)
 
 
-def _api(options, endpoint: str | None):
+def _api(options):
     from trainer.tpu.api import connect
 
-    return connect(options.project, options.zone, endpoint, timeout_s=options.api_timeout_s,
+    return connect(options.project, options.zone, timeout_s=options.api_timeout_s,
                    lro_poll_initial_s=options.poll_initial_s, lro_poll_max_s=options.poll_max_s)
 
 
@@ -132,8 +129,6 @@ def run_cmd(
     poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    endpoint: EndpointOpt = None,
-    local_workers: LocalWorkersOpt = None,
 ) -> None:
     """Train SPEC on a Cloud TPU slice: provision, run on every host, requeue after preemption, fetch, delete."""
     from planner.spec import load_spec
@@ -144,11 +139,11 @@ def run_cmd(
     options = launch_options(s, project=project, zone=zone, bucket=bucket, hardware=hardware, slice_=slice_,
                              pricing=pricing, name=name, no_install=no_install, provision_timeout=provision_timeout,
                              max_attempts=max_attempts, trainer_arg=trainer_arg, poll_interval=poll_interval)
-    workers = make_workers(options, local_workers)
+    workers = make_workers(options)
     if dry_run:
         _emit(plan_dry_run(spec, run_dir, options, workers=workers))
         return
-    outcome = run_on_tpu(spec, run_dir, options, workers=workers, endpoint=endpoint)
+    outcome = run_on_tpu(spec, run_dir, options, workers=workers)
     if json_out:
         _emit(outcome.model_dump(mode="json"))
     if outcome.status != "succeeded":
@@ -173,7 +168,6 @@ def up_cmd(
     poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    endpoint: EndpointOpt = None,
 ) -> None:
     """Provision one slice (a queued resource and its node, both named NAME) and wait until it is READY.
 
@@ -199,7 +193,7 @@ def up_cmd(
              "when": "until ACTIVE" if wait else "not sent (--no-wait)"},
         ]})
         return
-    prov = Provisioner(_api(options, endpoint), options, _say)
+    prov = Provisioner(_api(options), options, _say)
     deadline = time.monotonic() + options.provision_timeout_s
     prov.create(name, request, deadline)
     if not wait:
@@ -239,7 +233,6 @@ def status_cmd(
                                                 "node in the zone")] = None,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    endpoint: EndpointOpt = None,
 ) -> None:
     """Queued resources and nodes, with their states (one slice with --name)."""
     from trainer.tpu import api as tpu_api
@@ -263,7 +256,7 @@ def status_cmd(
                   "request": tpu_api.message_to_dict(tpu_v2.ListNodesRequest(parent=par))}])
         _emit({"api_requests": reqs})
         return
-    api = _api(options, endpoint)
+    api = _api(options)
     if name is not None:
         qrs = [q for q in [api.get_queued_resource(name)] if q is not None]
         nodes = [n for n in [api.get_node(name)] if n is not None]
@@ -292,7 +285,6 @@ def logs_cmd(
     worker: Annotated[int, typer.Option("--worker", min=0, help="worker index (0 is the coordinator)")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
     dry_run: DryRunOpt = False,
-    local_workers: LocalWorkersOpt = None,
 ) -> None:
     """Print a worker's trainer log (it lives on the worker, so the slice must still exist)."""
     from trainer.tpu import names
@@ -300,7 +292,7 @@ def logs_cmd(
     from trainer.tpu.redact import LineRedactor, Redactor
 
     options = _options(project, zone, None, 8, None, None, None)
-    workers = make_workers(options, local_workers)
+    workers = make_workers(options)
     argv = workers.logs_command(names.resource_id(name), worker, follow)
     if dry_run:
         _emit({"worker_commands": {"logs": [argv]}})
@@ -327,7 +319,6 @@ def down_cmd(
     name: Annotated[str, typer.Option("--name", help="the queued resource (or plain node) to delete")],
     poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
     dry_run: DryRunOpt = False,
-    endpoint: EndpointOpt = None,
 ) -> None:
     """Delete a slice (its queued resource, forced, with its node; or a plain node) and wait until it is gone."""
     from trainer.tpu import api as tpu_api
@@ -345,7 +336,7 @@ def down_cmd(
              "when": "until NOT_FOUND"},
         ]})
         return
-    api = _api(options, endpoint)
+    api = _api(options)
     if api.get_queued_resource(name) is None:
         # Not a queued resource: maybe a node made some other way (gcloud tpu-vm create).
         if api.delete_node(name):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from typing import Any
 from planner.errors import ClipaError
 from planner.spec import RunSpec, load_spec
 from planner.store import atomic_write_text
+from trainer.run_layout import LAUNCHER_DIR, OUTCOME_FILE
 from trainer.tpu import api as tpu_api
 from trainer.tpu import names
 from trainer.tpu.options import SliceInfo, TpuOptions
@@ -38,7 +40,8 @@ from trainer.tpu.workers import (SOURCE_ARCHIVE, SPEC_NAME, VENV_PYTHON, GcloudS
                                  WorkerProcess, WorkerSetupError, build_source_archive)
 
 TRAINER_ENTRY = ("-m", "trainer.cli", "train")
-LAUNCHER_DIR = "tpu"  # RUN_DIR/tpu holds the launcher's files: spec sent, source archive, logs, outcome
+# Workers as local processes under this folder instead of ssh to the slice's VMs: for tests and demos.
+LOCAL_WORKERS_ENV = "CLIPA_TPU_LOCAL_WORKERS"
 # Trainer exit code for bad input (ClipaError): requeueing cannot help.
 EXIT_BAD_INPUT = 2
 
@@ -258,7 +261,7 @@ class Launcher:
     def _save(self) -> None:
         self.outcome.total()
         text = self.redactor.redact(self.outcome.model_dump_json(indent=2) + "\n")
-        atomic_write_text(self.plan.local_dir / "outcome.json", text)
+        atomic_write_text(self.plan.local_dir / OUTCOME_FILE, text)
 
     # --- the run -------------------------------------------------------------------------------------------------
     def run(self) -> TpuRunOutcome:
@@ -556,9 +559,16 @@ def signals_deferred(say: Callable[[str], None]) -> Iterator[None]:
 
 
 # --- entry points ----------------------------------------------------------------------------------------------------
-def make_workers(options: TpuOptions, local_root: Path | None = None, redactor: Redactor | None = None) -> WorkerExec:
-    """The ssh implementation, or local processes under ``local_root`` (tests and demos)."""
-    if local_root is not None:
+def local_workers_root() -> Path | None:
+    """The folder ``CLIPA_TPU_LOCAL_WORKERS`` names, where workers run as local processes, or None (ssh)."""
+    root = os.environ.get(LOCAL_WORKERS_ENV)
+    return Path(root) if root else None
+
+
+def make_workers(options: TpuOptions, redactor: Redactor | None = None) -> WorkerExec:
+    """The ssh implementation, or local processes under ``local_workers_root()`` (tests and demos, with a fake API:
+    ``trainer.tpu.api.ENDPOINT_ENV``)."""
+    if (local_root := local_workers_root()) is not None:
         return LocalExec(local_root, redactor=redactor)
     # With --no-install the image is expected to have this checkout and jax[tpu] on its own python3.
     python = VENV_PYTHON if options.install else "python3"
@@ -575,7 +585,7 @@ def _spec(spec: RunSpec | str | Path) -> RunSpec:
 
 
 def run_on_tpu(spec_path: RunSpec | str | Path, run_dir: str | Path, options: TpuOptions, *,
-               api: tpu_api.TpuApi | None = None, workers: WorkerExec | None = None, endpoint: str | None = None,
+               api: tpu_api.TpuApi | None = None, workers: WorkerExec | None = None,
                worker_entry: Sequence[str] = TRAINER_ENTRY, echo: Callable[[str], None] | None = None
                ) -> TpuRunOutcome:
     """Train ``spec_path`` (a spec file or a RunSpec) on a Cloud TPU slice; the trainer's run dir is
@@ -591,7 +601,7 @@ def run_on_tpu(spec_path: RunSpec | str | Path, run_dir: str | Path, options: Tp
     _check_storage(options, workers)
     plan = LaunchPlan(spec, Path(run_dir), options, workers, worker_entry)
     if api is None:
-        api = tpu_api.connect(options.project, options.zone, endpoint, timeout_s=options.api_timeout_s,
+        api = tpu_api.connect(options.project, options.zone, timeout_s=options.api_timeout_s,
                               lro_poll_initial_s=options.poll_initial_s, lro_poll_max_s=options.poll_max_s)
     launcher = Launcher(plan, api, workers, echo=echo, redactor=redactor)
     for note in _notes(spec, plan.slice):

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planner.errors import ClipaError, from_validation_error
-from planner.hardware import Hardware, get_hardware
+from planner.hardware import Hardware, catalog, get_hardware
 from trainer.tpu import names
 
 # The pricing models the launcher can request: the Cloud TPU API has a spot tier and a guaranteed (on-demand)
@@ -174,3 +174,15 @@ class SliceInfo(BaseModel):
             usd_per_chip_hour=price.usd_per_device_hour,
             price_source=f"{price.source} ({price.date})",
         )
+
+    @classmethod
+    def of_accelerator_type(cls, accelerator_type: str, pricing: str = "spot") -> SliceInfo:
+        """The slice an API accelerator type names (``v5litepod-16``, ``v4-32``): the inverse of ``of``'s
+        ``accelerator_type``, for what reads slices back from the API."""
+        prefix, _, count = accelerator_type.rpartition("-")
+        for hw in catalog().values():
+            if hw.tpu is not None and hw.tpu.prefix == prefix and count.isdigit() and int(count) > 0:
+                per_chip = 2 if hw.tpu.suffix_counts == "cores" else 1
+                if int(count) % per_chip == 0:
+                    return cls.of(hw.name, int(count) // per_chip, pricing)
+        raise ClipaError("accelerator_type", f"{accelerator_type!r} is no Cloud TPU slice of the hardware catalog")

@@ -12,7 +12,8 @@ operations that are not done at once, and preemption (a node goes PREEMPTED and 
 N polls of the node, or when ``preempt`` is called). ``allocated()`` says what is still held, for teardown
 assertions.
 
-Run standalone for manual experiments: ``python -m trainer.tpu.fake_server --port 50051``.
+A test fake (it lives in ``tests/``); run it standalone for manual experiments:
+``python tests/tpu/fake_server.py --port 50051``, then ``CLIPA_TPU_ENDPOINT=127.0.0.1:50051 clipa tpu ...``.
 """
 
 from __future__ import annotations
@@ -31,24 +32,22 @@ from google.cloud.tpu_v2.types import cloud_tpu
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2, json_format
 
+from planner.errors import ClipaError
+from trainer.tpu.options import SliceInfo
+
 SERVICE = "google.cloud.tpu.v2.Tpu"
 OPERATIONS_SERVICE = "google.longrunning.Operations"
 
 _PARENT = re.compile(r"^projects/([a-z][-a-z0-9]{4,28}[a-z0-9])/locations/([a-z]+(?:-[a-z]+)*[0-9]+-[a-z])$")
 _ID = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
-# Accelerator-type prefixes the fake knows: chips per host, and whether the suffix counts TensorCores.
-_ACCELERATORS = {"v2": (4, True), "v3": (4, True), "v4": (4, True), "v5p": (4, True),
-                 "v5litepod": (8, False), "v6e": (8, False)}
 
 
 def hosts_for(accelerator_type: str) -> int | None:
-    """Worker hosts of a slice, or None for an accelerator type the fake does not know."""
-    prefix, _, count = accelerator_type.rpartition("-")
-    if prefix not in _ACCELERATORS or not count.isdigit() or int(count) == 0:
+    """Worker hosts of a slice (``SliceInfo`` owns them), or None for an accelerator type it does not know."""
+    try:
+        return SliceInfo.of_accelerator_type(accelerator_type).hosts
+    except ClipaError:
         return None
-    per_host, counts_cores = _ACCELERATORS[prefix]
-    chips = int(count) // 2 if counts_cores else int(count)
-    return max(1, chips // per_host)
 
 
 @dataclass
