@@ -28,8 +28,8 @@ import pandas as pd
 
 from planner.errors import ClipaError
 from planner.hardware import default_pricing, get_hardware
-from planner.search import (FULL_TEXT, FinetuneStage, SearchSpace, batch_for, cpu_space, ft_batch, make_stage,
-                            space_for)
+from planner.recipe import FULL_TEXT_LEN
+from planner.search import FinetuneStage, SearchSpace, batch_for, cpu_space, ft_batch, make_stage, space_for
 from planner.spec import RunSpec, spec_from_dict
 
 # L9(3^4): rows are runs, columns the level (0, 1, 2) of model, resolution, text length, samples
@@ -151,7 +151,7 @@ def _run_stages(space: SearchSpace, run: PilotRun) -> list:
                          lr_base=space.lr_base)]
     if run.finetune:
         ft = FinetuneStage(space.full_res, run.finetune, 0.0)
-        stages.append(make_stage(run.model, 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, 0.0, 0,
+        stages.append(make_stage(run.model, 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT_LEN, 0.0, 0,
                                  lr_base=space.lr_base))
     return stages
 

@@ -20,11 +20,10 @@ import pandas as pd
 from planner.cost import stage_tokens
 from planner.flops import stage_flops
 from planner.hardware import Hardware, get_hardware
-from planner.schedule import default_lr_base, default_warmup
-from planner.spec import ImageMask, Stage, TextReduction
+from planner.recipe import FULL_TEXT_LEN
+from planner.schedule import recipe_stage
+from planner.spec import Stage
 from planner.variants import decode_variant
-
-FULL_TEXT = 32
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,10 @@ def ft_batch(ft: FinetuneStage, space: SearchSpace) -> int:
 
 def make_stage(model: str, index: int, samples: int, batch: int, res: int, text_len: int, mask: float,
                prev_finetunes: int = 0, lr_base: tuple[float, float] | None = None) -> Stage:
-    tred = TextReduction.syntax if (index == 0 and text_len < FULL_TEXT) else TextReduction.truncate
-    return Stage(
-        samples=int(samples), batch_size=int(batch), image_res=int(res),
-        image_mask=ImageMask.random if mask > 0 else ImageMask.none, mask_ratio=float(mask),
-        text_len=int(text_len), text_reduction=tred,
-        lr_base=(lr_base[0 if index == 0 else 1] if lr_base else default_lr_base(index, samples, model, prev_finetunes)),
-        warmup_samples=min(default_warmup(index, samples), int(samples)),
-        init="scratch" if index == 0 else "previous",
-    )
+    """A candidate's stage: the recipe book's stage (``planner.schedule.recipe_stage``) at the search's batch and,
+    where the space sets them, its (pre-training, fine-tune) lr bases."""
+    return recipe_stage(model, index, samples, res, text_len=text_len, mask_ratio=mask, batch=batch,
+                        lr_base=lr_base[0 if index == 0 else 1] if lr_base else None, prev_finetunes=prev_finetunes)
 
 
 class _PerSample:
@@ -177,7 +171,7 @@ def enumerate_candidates(space: SearchSpace, hardware: str, pricing: str) -> pd.
         ft_secs = np.zeros(n_ft)
         for ft_id, ft in enumerate(space.finetunes):
             for j, stage in enumerate(ft):
-                f, sec = per_sample(model, stage.res, FULL_TEXT, stage.mask_ratio, ft_batch(stage, space), j + 1)
+                f, sec = per_sample(model, stage.res, FULL_TEXT_LEN, stage.mask_ratio, ft_batch(stage, space), j + 1)
                 ft_flops[ft_id] += f * stage.samples
                 ft_secs[ft_id] += sec * stage.samples
         for res, text_len in itertools.product(space.pretrain_res[patch], space.text_lens):
@@ -203,7 +197,7 @@ def candidate_stages(row, space: SearchSpace) -> list[Stage]:
     stages = [make_stage(row.model, 0, row.pt_samples, row.pt_batch, row.pt_res, row.pt_text, 0.0,
                          lr_base=space.lr_base)]
     for j, ft in enumerate(space.finetunes[int(row.ft_id)]):
-        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio, j,
+        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT_LEN, ft.mask_ratio, j,
                                  lr_base=space.lr_base))
     return stages
 
@@ -268,7 +262,7 @@ def candidate_features(cands: pd.DataFrame, space: SearchSpace, dataset: str) ->
             for k, opt in enumerate(space.finetunes):
                 if j - 1 < len(opt):
                     st = opt[j - 1]
-                    table[k] = (st.samples, kept_image_tokens(image_patches(st.res, v.patch), st.mask_ratio), FULL_TEXT,
+                    table[k] = (st.samples, kept_image_tokens(image_patches(st.res, v.patch), st.mask_ratio), FULL_TEXT_LEN,
                                 st.mask_ratio, 0.0, st.res)
             rows = table[ft_id[sel]]
             for c, f in enumerate(STAGE_FIELDS):

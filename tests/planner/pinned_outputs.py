@@ -59,7 +59,7 @@ def _local_study() -> dict:
     import numpy as np
 
     from planner.features import features_frame, schedule_features
-    from planner.studies import _columns, fit_study, local_law, predict_study
+    from planner.studies import fit_study, local_top1, predict_study
 
     shared = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
     truth = dict(shared, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5,
@@ -70,13 +70,14 @@ def _local_study() -> dict:
     f = features_frame(rows)
     rng = np.random.default_rng(0)
     f = f.iloc[np.sort(rng.choice(len(f), 40, replace=False))].reset_index(drop=True)
-    f["top1"] = local_law(truth, _columns(f), 16.0, chance) + rng.normal(0, 0.5, len(f))
+    f["top1"] = local_top1(truth, f, 16.0, chance) + rng.normal(0, 0.5, len(f))
     f["key"] = [f"k{i}" for i in range(len(f))]
     fit = fit_study(f, shared, dataset="local:t", chance=chance, eval_n=1000)
     probe = features_frame([schedule_features(m, "local:t", s) for m, s in [
         ("mu/8", "48K@32/16"), ("mini/8", "480K@32/16"), ("xs/8", "16K@16/8 + 8K@32/32~0.5"), ("mu/8", "100@16/8")]])
-    pred = predict_study(fit, probe)
-    return {"params": fit.params, "sigma": fit.sigma, "cov": fit.cov, "t_quantile": fit.t_quantile,
+    pred = predict_study(fit, probe)[["predicted_top1", "low", "high", "extrapolated", "samples_excess",
+                                      "other_excess"]]
+    return {"params": fit.params, "sigma": fit.sigma, "cov": fit.cov, "t_quantile": fit.quantile,
             "predictions": pred.to_dict(orient="list")}
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from planner import paths
-from planner.accuracy import code_hash, fit_version, fitting_data, load_fit
+from planner.accuracy import code_hash, fitting_data
+from planner.law import fit_version, load_fit
 
 
 def test_shipped_fit_matches_published_data_and_code(monkeypatch):
