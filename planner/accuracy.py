@@ -188,10 +188,11 @@ def fitting_data(include_runs: bool = True) -> FitData:
     as features. Runs on ``local:`` datasets measure another task (their own held-out split) and are left out here
     explicitly; ``planner.studies`` fits them on their own."""
     from planner.results import load_finetune_masking, load_results
-    from planner.studies import IMAGENET, study_mask
+    from planner.datasets import IMAGENET_TASK
+    from planner.studies import study_mask
 
     res = load_results(include_runs=include_runs)
-    res = res[study_mask(res["dataset"], IMAGENET)].reset_index(drop=True)
+    res = res[study_mask(res["dataset"], IMAGENET_TASK)].reset_index(drop=True)
     feats = [schedule_features(r.model, r.dataset, r.schedule) for r in res.itertuples()]
     rows = features_frame(feats)
     rows["top1"] = res["top1"].to_numpy(float)

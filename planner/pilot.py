@@ -72,11 +72,11 @@ def measured_overhead(hardware: str, runs_dir: Path | None = None) -> Overhead |
     from scipy.optimize import nnls
 
     from planner.cost import cost_spec
-    from planner.runs import load_results
+    from planner.runs import read_runs
 
-    results, _ = load_results(runs_dir)
+    records, _ = read_runs(runs_dir)  # bad files: reported by the fit's reader of the same folder
     rows = []
-    for r in results:
+    for r in (rec.result for rec in records if rec.result is not None):
         if r.spec.hardware != get_hardware(hardware).name or r.device_hours <= 0:
             continue
         modelled = cost_spec(r.spec).device_hours * 3600.0

@@ -3,7 +3,7 @@ r"""Studies: which results may be fitted together, and the local studies' config
 A *study* is a dataset together with the evaluation task its top-1 measures. Every web-scale dataset is evaluated
 zero-shot on ImageNet-1k, so they form one study (``imagenet-1k``) and share one law (``planner.accuracy``): their
 differences are the dataset multipliers. A ``local:NAME`` dataset is evaluated on its own held-out split
-(``zeroshot:local:NAME``, the same string as ``trainer.closed_loop.eval_task``), so its top-1 is a different
+(``zeroshot:local:NAME``; ``planner.datasets.eval_task`` owns the string, and a run record's ``eval_task`` is it), so its top-1 is a different
 quantity: local runs never enter the ImageNet fit, and ImageNet rows never enter a local fit. What a local study
 *shares* with the ImageNet study is the law's structure and, as priors, its exponents.
 
@@ -49,12 +49,11 @@ import numpy as np
 import pandas as pd
 
 from planner import law
-from planner.datasets import is_local
+from planner.datasets import eval_task, is_local
 from planner.errors import ClipaError
 from planner.features import MAX_STAGES
 from planner.law import LawFit, Param, ParamVector
 
-IMAGENET = "imagenet-1k"
 MIN_STUDY_RUNS = 3  # below this a local study has no fit of its own (it is predicted at chance, flagged)
 DEFAULT_CLASSES = 64  # ``clipa data synth``: 64 "colour shape" classes
 DEFAULT_EVAL_N = 1000
@@ -80,15 +79,9 @@ LOCAL_LAW = law.LawConfig(
 )
 
 
-def study_of(dataset: str) -> str:
-    """The study a dataset's results belong to: the evaluation task its top-1 measures (a run record's
-    ``eval_task``; ``trainer.closed_loop`` records this string)."""
-    return f"zeroshot:{dataset}" if is_local(dataset) else IMAGENET
-
-
 def study_mask(datasets: Any, study: str) -> np.ndarray:
-    """Which rows (by dataset name) belong to ``study``."""
-    return np.array([study_of(d) == study for d in datasets], dtype=bool)
+    """Which rows (by dataset name) belong to ``study`` (a study is an evaluation task, ``planner.datasets.eval_task``)."""
+    return np.array([eval_task(d) == study for d in datasets], dtype=bool)
 
 
 def local_top1(p: dict[str, float], features: pd.DataFrame, t_ref: float, chance: float) -> np.ndarray:
@@ -121,7 +114,7 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
     from scipy.optimize import least_squares
     from scipy.stats import t as student_t
 
-    study = study_of(dataset)
+    study = eval_task(dataset)
     bad = ~study_mask(rows["dataset"], study)
     if bad.any():
         raise ClipaError("results", f"rows of {sorted(set(rows['dataset'][bad]))} cannot enter the fit of study {study}")
@@ -193,44 +186,24 @@ def _dataset_meta(rows: pd.DataFrame) -> tuple[float, int]:
 
 
 def local_study_rows(include_runs: bool = True) -> dict[str, pd.DataFrame]:
-    """Feature rows (+ top1, eval_n, n_classes) of every local dataset with executed runs, by dataset name."""
+    """Feature rows (+ top1, eval_n, n_classes) of every local dataset with executed runs, by dataset name. Bad run
+    files are not reported again here: the ImageNet fit's rows were read (and their problems named) just before."""
     if not include_runs:
         return {}
     from planner.features import features_frame, schedule_features
     from planner.results import load_runs
 
-    runs = load_runs()
+    runs = load_runs(report=False)
     out: dict[str, pd.DataFrame] = {}
     if len(runs) == 0:
         return out
     runs = runs[[is_local(d) for d in runs["dataset"]]]
-    extra = _record_extras()
     for ds in sorted(set(runs["dataset"])):
         sub = runs[runs["dataset"] == ds]
         f = features_frame([schedule_features(r.model, r.dataset, r.schedule) for r in sub.itertuples()])
-        f["top1"] = sub["top1"].to_numpy(float)
-        f["key"] = sub["key"].to_numpy()
-        f["eval_n"] = [extra.get(k, {}).get("eval_n", np.nan) for k in sub["key"]]
-        f["n_classes"] = [extra.get(k, {}).get("n_classes", np.nan) for k in sub["key"]]
+        for col in ("top1", "key", "eval_n", "n_classes"):
+            f[col] = sub[col].to_numpy()
         out[ds] = f.reset_index(drop=True)
-    return out
-
-
-def _record_extras() -> dict[str, dict[str, float]]:
-    """eval_n / n_classes of closed-loop records, keyed like ``load_runs`` ('run-<id>')."""
-    from planner import paths
-
-    out = {}
-    d = paths.runs_dir()
-    for path in sorted(d.glob("*.json")) if d.exists() else []:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # load_runs has already reported unreadable files by raising
-        if isinstance(data, dict) and "spec" in data:
-            rid = data.get("run_id") or path.stem
-            ex = data.get("extra") or {}
-            out[f"run-{rid}"] = {k: ex[k] for k in ("eval_n", "n_classes") if isinstance(ex.get(k), (int, float))}
     return out
 
 
