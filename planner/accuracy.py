@@ -215,7 +215,7 @@ def code_hash() -> str:
 
 
 def _param_table(datasets: list[str], reference: str) -> list[Param]:
-    return list(_BASE_PARAMS) + [Param(f"ds:{d}", 0.0, -DATASET_BOUND, DATASET_BOUND) for d in datasets
+    return list(IMAGENET_LAW.params) + [Param(f"ds:{d}", 0.0, -DATASET_BOUND, DATASET_BOUND) for d in datasets
                                  if d != reference]
 
 

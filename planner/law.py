@@ -23,6 +23,10 @@ Parameters are held in internal coordinates (``ln_A`` for A, ...); dataset log m
 optional Gaussian priors), which it takes from another fit (``shared``) and which are constants (a local study has
 no irreducible error E, no data repetition and no patch term).
 
+Each configuration keeps its own estimator, deliberately (the data differ): the ImageNet study a robust weighted
+least squares with the Figure-2 drop rows, a local study a MAP fit with priors and a binomial noise floor. Both
+build on ``ParamVector`` (bounded parameter vector, priors, at-bound report) and ``covariance`` here.
+
 Interval: ``quantile x sqrt(noise^2 + g^T C g + dataset term) x (1 + WIDEN_PER_LOG x range excess)``, g the
 prediction's gradient in the free parameters (forward differences), C their covariance; the noise is the fit's
 residual scale, at least the evaluation split's binomial noise when the fit knows the split's size; the dataset term
@@ -58,7 +62,7 @@ WIDEN_PER_LOG = 0.5  # interval growth per natural-log unit outside the data's r
 
 class Param(NamedTuple):
     """A fitted parameter: start, bounds, and an optional Gaussian prior (mean, sd); a str mean names a parameter
-    of the shared fit (``"shared:alpha"``)."""
+    of the fit it shares with (``"imagenet:alpha"``)."""
 
     name: str
     start: float
@@ -469,7 +473,8 @@ def files_hash(*paths: Path, salt: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-LAW_FILES = (Path(__file__).resolve(), Path(__file__).resolve().parent / "features.py")
+# this module, the features it reads and the recipe book (the text reference)
+LAW_FILES = tuple(Path(__file__).resolve().parent / name for name in ("law.py", "features.py", "recipe.py"))
 
 
 def fit_version(data_hash: str, code: str) -> str:

@@ -269,7 +269,7 @@ def pilot_id(budget_usd: float, dataset: str, hardware: str, pricing: str, data_
 def write_pilot(design: PilotDesign, plan_dir: Path, plan_id: str) -> dict[str, Any]:
     """Write the design as a plan folder (plan.json + runs/<run-id>.yaml); runs carry no prediction (the pilot is
     what the prediction will be made from)."""
-    from planner.schedule import format_schedule
+    from planner.recipe import format_schedule
     from planner.store import atomic_write_text
 
     runs = []

@@ -11,12 +11,17 @@ A stage's batch, learning-rate base, warm-up, text reduction and image mask defa
 * warm-up: 3,200 steps of 65,536 (209.7M samples) for pre-training, 26.2M samples for a fine-tune, each capped at
   5% (pre-training) or 20% (fine-tune) of the stage, and at the stage's samples.
 
-Values are plain (the enum values of ``planner.spec`` as strings), so that the spec, the notation
-(``planner.schedule``, which builds the one ``Stage`` from these defaults) and the search all read one book without
-importing each other.
+Values are plain (the enum values of ``planner.spec`` as strings; its enums are ``str`` enums and compare equal to
+them), so that the spec, the notation and the search all read one book without importing each other:
+``planner.schedule`` parses the papers' shorthand and builds the one ``Stage`` from these defaults
+(``recipe_stage``); ``format_schedule`` here writes stages back in the shorthand, leaving out what equals a default
+(``RunSpec.schedule`` uses it, so the spec does not import the parser).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from planner.variants import decode_variant
 
@@ -55,3 +60,42 @@ def default_text_reduction(index: int, text_len: int) -> str:
 
 def default_image_mask(ratio: float) -> str:
     return "random" if ratio > 0 else "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the papers' shorthand, written back (parsed by planner.schedule)
+
+
+def format_samples(n: int) -> str:
+    """Shortest exact form: 12800000000 -> '12.8B', 524288000 -> '524288000' (not exact in M), 512000000 -> '512M'."""
+    for suffix, mult in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= mult:
+            for digits in range(0, 4):
+                s = f"{n / mult:.{digits}f}"
+                if int(round(float(s) * mult)) == n:
+                    return s.rstrip("0").rstrip(".") + suffix if "." in s else s + suffix
+    return str(n)
+
+
+def format_stage(stage: Any, index: int, model: str) -> str:
+    """One ``planner.spec.Stage`` in the notation, leaving out what equals the recipe's default."""
+    s = f"{format_samples(stage.samples)}@{stage.image_res}/{stage.text_len}"
+    if stage.text_reduction != default_text_reduction(index, stage.text_len):
+        s += f":{stage.text_reduction.value}"
+    if stage.image_mask != "none":
+        s += f"~{stage.mask_ratio:g}"
+        if stage.image_mask != "random":
+            s += f":{stage.image_mask.value}"
+    if stage.batch_size != default_batch(index, stage.image_res):
+        s += f",batch={stage.batch_size}"
+    if stage.lr_base != default_lr_base(index, stage.samples, model, max(index - 1, 0)):
+        s += f",lr={stage.lr_base:g}"
+    if stage.warmup_samples != default_warmup(index, stage.samples):
+        s += f",warmup={stage.warmup_samples}"
+    return s
+
+
+def format_schedule(stages: Sequence[Any], model: str) -> str:
+    """The paper's notation; ``parse_schedule(format_schedule(st, m), m)`` gives back the same stages
+    (apart from ``init`` sources other than scratch/previous, which the shorthand cannot express)."""
+    return " + ".join(format_stage(st, i, model) for i, st in enumerate(stages))

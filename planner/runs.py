@@ -141,7 +141,8 @@ class RunRecord(_Strict):
 def _hand_record(path: Path, data: dict) -> RunRecord:
     """A hand-written record; every problem is a ClipaError whose message says what is wrong."""
     from planner.datasets import canonical_dataset
-    from planner.schedule import format_schedule, parse_schedule
+    from planner.recipe import format_schedule
+    from planner.schedule import parse_schedule
     from planner.spec import spec_from_dict
     from planner.variants import VariantError, decode_variant
 

@@ -7,15 +7,14 @@ Grammar (stages joined by ``+``)::
 ``12.8B@70/8 + 512M@224/32~0.3 + 128M@336/32~0.4`` is CLIPA-v2's H/14 recipe. SAMPLES accepts ``12.8B``, ``512M``,
 ``640K``, ``2.56e9`` or a plain integer. What a stage leaves out is the CLIPA recipes' default (``planner.recipe``:
 text 32 tokens, syntax reduction for a shorter pre-training caption, random masking, batch, lr base, warm-up);
-``recipe_stage`` is the one place a ``Stage`` is built from those defaults (the parser and the search use it), and
-``format_schedule`` writes back only what differs from them.
+``recipe_stage`` is the one place a ``Stage`` is built from those defaults (the parser and the search use it);
+``planner.recipe.format_schedule`` writes a run back, leaving out what equals them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -56,17 +55,6 @@ def parse_samples(text: str, field: str = "samples", allow_zero: bool = False) -
     if value > 1e15:
         raise ClipaError(field, f"sample count {text!r} is implausibly large")
     return int(round(value))
-
-
-def format_samples(n: int) -> str:
-    """Shortest exact form: 12800000000 -> '12.8B', 524288000 -> '524288000' (not exact in M), 512000000 -> '512M'."""
-    for suffix, mult in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= mult:
-            for digits in range(0, 4):
-                s = f"{n / mult:.{digits}f}"
-                if int(round(float(s) * mult)) == n:
-                    return s.rstrip("0").rstrip(".") + suffix if "." in s else s + suffix
-    return str(n)
 
 
 def _parse_stage(text: str, index: int, model: str) -> Stage:
@@ -163,26 +151,3 @@ def parse_schedule(schedule: str, model: str) -> list[Stage]:
     if len(parts) > 8:
         raise ClipaError("schedule", "at most 8 stages")
     return [_parse_stage(p, i, model) for i, p in enumerate(parts)]
-
-
-def format_stage(stage: Stage, index: int, model: str) -> str:
-    s = f"{format_samples(stage.samples)}@{stage.image_res}/{stage.text_len}"
-    if stage.text_reduction != default_text_reduction(index, stage.text_len):
-        s += f":{stage.text_reduction.value}"
-    if stage.image_mask != ImageMask.none:
-        s += f"~{stage.mask_ratio:g}"
-        if stage.image_mask != ImageMask.random:
-            s += f":{stage.image_mask.value}"
-    if stage.batch_size != default_batch(index, stage.image_res):
-        s += f",batch={stage.batch_size}"
-    if stage.lr_base != default_lr_base(index, stage.samples, model, max(index - 1, 0)):
-        s += f",lr={stage.lr_base:g}"
-    if stage.warmup_samples != default_warmup(index, stage.samples):
-        s += f",warmup={stage.warmup_samples}"
-    return s
-
-
-def format_schedule(stages: Sequence[Stage], model: str) -> str:
-    """The paper's notation; ``parse_schedule(format_schedule(st, m), m)`` gives back the same stages
-    (apart from ``init`` sources other than scratch/previous, which the shorthand cannot express)."""
-    return " + ".join(format_stage(st, i, model) for i, st in enumerate(stages))

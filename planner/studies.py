@@ -95,7 +95,7 @@ def local_top1(p: dict[str, float], features: pd.DataFrame, t_ref: float, chance
 
 def _resolved_priors(shared: dict[str, float]) -> list[Param]:
     out = []
-    for t in _LOCAL_PARAMS:
+    for t in LOCAL_LAW.params:
         if t.prior is not None and isinstance(t.prior[0], str):
             mean = float(shared.get(t.prior[0].split(":", 1)[1], t.start))
             mean = min(max(mean, t.lower), t.upper)
@@ -120,7 +120,7 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
         raise ClipaError("results", f"rows of {sorted(set(rows['dataset'][bad]))} cannot enter the fit of study {study}")
     if len(rows) == 0:
         raise ClipaError("results", f"no results for study {study}")
-    held = {**dict(LOCAL_LAW.constants), **{k: float(shared[k]) for k in SHARED}, **(fixed or {})}
+    held = {**dict(LOCAL_LAW.constants), **{k: float(shared[k]) for k in LOCAL_LAW.shared}, **(fixed or {})}
     vec = ParamVector.build(_resolved_priors(shared), held, margin=1e-6)
     names, lo, hi = vec.names, vec.lower, vec.upper
     t_ref = float(rows["max_image_tokens"].max())
