@@ -66,11 +66,15 @@ def features_table(models: Sequence[str], dataset: str, stages: dict[str, Any], 
     patch = np.array([v.patch for v in variants], dtype=np.int64)[codes]
     present = samples > 0
     tokens = np.zeros((n, MAX_STAGES), dtype=np.int64)
-    cells = pd.MultiIndex.from_arrays([res[present], np.broadcast_to(patch[:, None], res.shape)[present],
-                                       ratio[present]])
-    cell_codes, combos = cells.factorize()
-    kept = np.array([kept_image_tokens(image_patches(int(r), int(p)), float(q)) for r, p, q in combos],
-                    dtype=np.int64)
+    # one integer key per (resolution, patch, ratio) cell: hashing int64 is far faster than hashing tuples
+    cell_res, cell_patch, cell_ratio = res[present], np.broadcast_to(patch[:, None], res.shape)[present], ratio[present]
+    ratio_codes, ratios = pd.factorize(cell_ratio)
+    key = (cell_res * 4096 + cell_patch) * max(len(ratios), 1) + ratio_codes
+    cell_codes, keys = pd.factorize(key)
+    first = np.zeros(len(keys), dtype=np.int64)
+    first[cell_codes[::-1]] = np.arange(len(cell_codes))[::-1]  # a cell of each key
+    kept = np.array([kept_image_tokens(image_patches(int(cell_res[i]), int(cell_patch[i])), float(cell_ratio[i]))
+                     for i in first], dtype=np.int64)
     tokens[present] = kept[cell_codes] if len(kept) else 0
     n_stages = present.sum(axis=1)
     rows = np.arange(n)

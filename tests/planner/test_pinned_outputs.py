@@ -11,8 +11,9 @@ Two comparisons:
   differences of the numeric libraries may move a fit, a plan's tie-break or a backtest refit; a prediction of the
   shipped fit may not move by more than this.
 
-Keys that name a version or a place (fit version, plan id and folder, spec path) are not compared: a change of the
-law's code is a new fit version by design (``planner.law``). Keys the fixture does not have are ignored, so new
+Keys that name a version, an identity or a place (fit version, plan id and folder, run id, spec path) are not
+compared: a change of the law's code is a new fit version by design (``planner.law``), and a spec's hash may change
+without a number changing. Keys the fixture does not have are ignored, so new
 outputs may be added to the commands.
 """
 
@@ -25,7 +26,7 @@ import pytest
 
 from tests.planner.pinned_outputs import FIXTURE, compute, machine
 
-UNCOMPARED = {"fit_version", "plan_id", "plan_dir", "spec", "version", "code_hash"}
+UNCOMPARED = {"fit_version", "plan_id", "plan_dir", "spec", "version", "code_hash", "run_id"}
 REL = 1e-6
 POINTS = 0.05
 
