@@ -372,12 +372,12 @@ def compare(
     """Every executed run (results/runs/) with its predicted and actual top-1, the error, and whether the actual fell
     inside the plan's 80% interval; MAE and coverage per fit version, so the error can be watched shrinking."""
     from planner.compare import comparison_rows, plot_calibration, summarise
-    from planner.runs import load_results
+    from planner.runs import read_runs, report_problems
 
-    results, problems = load_results()
-    for p in problems:
-        err_console.print(f"warning: skipped unreadable result {p}", markup=False, highlight=False)
-    rows = comparison_rows(results)
+    records, problems = read_runs()
+    report_problems(problems)
+    # a hand-written record has no prediction to compare against
+    rows = comparison_rows([r.result for r in records if r.result is not None])
     summary = summarise(rows)
     if plot is not None:
         plot_calibration(rows, plot)

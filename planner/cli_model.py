@@ -293,13 +293,12 @@ def refit(
     """Refit the accuracy model on the published and executed results, save it as a new fit version
     (results/fits/<version>.json) and print its parameters and fit metrics; every local study with runs is refitted
     on its own runs (results/fits/study-<dataset>-<version>.json)."""
-    import numpy as np
+    from planner.accuracy import load_or_fit
+    from planner.paths import fits_dir
 
-    from planner.accuracy import load_or_fit, save_fit
-
-    fit = load_or_fit(refit=True, include_runs=not no_runs)
-    path = save_fit(fit)
-    sd = dict(zip(fit.free, np.sqrt(np.clip(np.diag(fit.cov_matrix()), 0, None)))) if fit.free else {}
+    fit = load_or_fit(refit=True, include_runs=not no_runs)  # saved as results/fits/<version>.json
+    path = fits_dir() / f"{fit.version}.json"
+    sd = fit.param_sd()
     if json_out:
         d = fit.to_dict()
         d.pop("cov")

@@ -50,3 +50,13 @@ def canonical_dataset(name: str, field: str = "dataset") -> str:
 
 def is_local(name: str) -> bool:
     return name.startswith("local:")
+
+
+IMAGENET_TASK = "imagenet-1k"
+
+
+def eval_task(dataset: str) -> str:
+    """What a run's top-1 on ``dataset`` measures (a run record's ``eval_task``, and the study its results belong
+    to, ``planner.studies``): zero-shot ImageNet-1k for every web-scale dataset, the dataset's own held-out split
+    (``zeroshot:local:NAME``) for a local one."""
+    return f"zeroshot:{dataset}" if is_local(dataset) else IMAGENET_TASK

@@ -3,7 +3,10 @@
 A run is reduced to its model size, its dataset and, per stage, the samples seen, the image tokens kept per sample,
 the text tokens per caption and the kind of image masking. Stages are padded to ``MAX_STAGES`` columns
 (``s0_samples`` ... ``s7_samples``; an absent stage has 0 samples), so a DataFrame of many candidates can be
-evaluated column-wise by ``planner.accuracy.predict_frame`` without a Python loop over runs.
+evaluated column-wise by ``planner.law`` without a Python loop over runs.
+
+``features_table`` computes the features of many runs at once from per-stage arrays; ``run_features`` (one run's
+pydantic stages) and ``planner.search.candidate_features`` (the search's grid) both go through it.
 
 Conventions that carry modelling decisions:
 
@@ -40,48 +43,82 @@ FEATURE_COLUMNS = [
 ] + stage_columns()
 
 
-def run_features(model: str, dataset: str, stages: Sequence[Stage]) -> dict[str, Any]:
-    """One run's flat features (keys: ``FEATURE_COLUMNS``). Raises ClipaError for an unknown model or dataset,
-    no stages or more than ``MAX_STAGES``."""
+def features_table(models: Sequence[str], dataset: str, stages: dict[str, Any], index: Any = None) -> Any:
+    """``FEATURE_COLUMNS`` of many runs of ``dataset`` at once. ``stages`` maps each of ``samples``, ``image_res``,
+    ``mask_ratio`` (0 where the stage does not mask), ``block_mask`` and ``text_len`` to a (runs, MAX_STAGES)
+    array; an absent stage has 0 samples (and zeros elsewhere). Kept image tokens come from the FLOP counter's
+    ``kept_image_tokens``, once per distinct (resolution, patch, ratio). Raises ClipaError for an unknown model."""
+    import numpy as np
+    import pandas as pd
+
+    codes, names = pd.factorize(np.asarray(models, dtype=object))
     try:
-        v = decode_variant(model)
+        variants = [decode_variant(m) for m in names]
     except VariantError as e:
         raise ClipaError("model", str(e)) from None
     ds = canonical_dataset(dataset)
+    samples = np.asarray(stages["samples"], dtype=np.int64)
+    res = np.asarray(stages["image_res"], dtype=np.int64)
+    ratio = np.asarray(stages["mask_ratio"], dtype=float)
+    block = np.asarray(stages["block_mask"], dtype=bool)
+    text = np.asarray(stages["text_len"], dtype=np.int64)
+    n = len(codes)
+    patch = np.array([v.patch for v in variants], dtype=np.int64)[codes]
+    present = samples > 0
+    tokens = np.zeros((n, MAX_STAGES), dtype=np.int64)
+    # one integer key per (resolution, patch, ratio) cell: hashing int64 is far faster than hashing tuples
+    cell_res, cell_patch, cell_ratio = res[present], np.broadcast_to(patch[:, None], res.shape)[present], ratio[present]
+    ratio_codes, ratios = pd.factorize(cell_ratio)
+    key = (cell_res * 4096 + cell_patch) * max(len(ratios), 1) + ratio_codes
+    cell_codes, keys = pd.factorize(key)
+    first = np.zeros(len(keys), dtype=np.int64)
+    first[cell_codes[::-1]] = np.arange(len(cell_codes))[::-1]  # a cell of each key
+    kept = np.array([kept_image_tokens(image_patches(int(cell_res[i]), int(cell_patch[i])), float(cell_ratio[i]))
+                     for i in first], dtype=np.int64)
+    tokens[present] = kept[cell_codes] if len(kept) else 0
+    n_stages = present.sum(axis=1)
+    rows = np.arange(n)
+    out: dict[str, Any] = {
+        "model": np.array([v.name for v in variants], dtype=object)[codes],
+        "size": np.array([v.size for v in variants], dtype=object)[codes],
+        "patch": patch,
+        "n_params": np.array([10 ** size_rank(v.size) for v in variants], dtype=float)[codes],
+        "dataset": np.full(n, ds, dtype=object),
+        "n_stages": n_stages,
+        "total_samples": samples.sum(axis=1),
+        "finetune_samples": samples[:, 1:].sum(axis=1),
+        "pretrain_image_tokens": tokens[:, 0],
+        "pretrain_text_len": text[:, 0],
+        "max_image_tokens": np.where(present, tokens, np.iinfo(np.int64).min).max(axis=1),
+        "min_text_len": np.where(present, text, np.iinfo(np.int64).max).min(axis=1),
+        "final_image_res": res[rows, np.maximum(n_stages - 1, 0)],
+    }
+    columns = {"samples": samples, "image_tokens": tokens, "text_len": text, "mask_ratio": ratio,
+               "block_mask": block, "image_res": res}
+    for i in range(MAX_STAGES):
+        for f in STAGE_FIELDS:
+            out[f"s{i}_{f}"] = columns[f][:, i]
+    return pd.DataFrame(out, index=index)[FEATURE_COLUMNS]
+
+
+def run_features(model: str, dataset: str, stages: Sequence[Stage]) -> dict[str, Any]:
+    """One run's flat features (keys: ``FEATURE_COLUMNS``; ``features_table`` of one run). Raises ClipaError for an
+    unknown model or dataset, no stages or more than ``MAX_STAGES``."""
+    import numpy as np
+
     stages = list(stages)
     if not stages:
         raise ClipaError("stages", "a run needs at least one stage")
     if len(stages) > MAX_STAGES:
         raise ClipaError("stages", f"at most {MAX_STAGES} stages")
-    out: dict[str, Any] = {
-        "model": v.name,
-        "size": v.size,
-        "patch": v.patch,
-        "n_params": 10 ** size_rank(v.size),
-        "dataset": ds,
-        "n_stages": len(stages),
-    }
-    tokens, texts = [], []
-    for i in range(MAX_STAGES):
-        if i < len(stages):
-            st = stages[i]
-            ratio = st.mask_ratio if st.image_mask != ImageMask.none else 0.0
-            kept = kept_image_tokens(image_patches(st.image_res, v.patch), ratio)
-            tokens.append(kept)
-            texts.append(st.text_len)
-            vals = (st.samples, kept, st.text_len, ratio, st.image_mask == ImageMask.block, st.image_res)
-        else:
-            vals = (0, 0, 0, 0.0, False, 0)
-        for f, x in zip(STAGE_FIELDS, vals):
-            out[f"s{i}_{f}"] = x
-    out["total_samples"] = sum(st.samples for st in stages)
-    out["finetune_samples"] = sum(st.samples for st in stages[1:])
-    out["pretrain_image_tokens"] = tokens[0]
-    out["pretrain_text_len"] = texts[0]
-    out["max_image_tokens"] = max(tokens)
-    out["min_text_len"] = min(texts)
-    out["final_image_res"] = stages[-1].image_res
-    return out
+    arrays = {f: np.zeros((1, MAX_STAGES)) for f in ("samples", "image_res", "mask_ratio", "block_mask", "text_len")}
+    for i, st in enumerate(stages):
+        arrays["samples"][0, i] = st.samples
+        arrays["image_res"][0, i] = st.image_res
+        arrays["mask_ratio"][0, i] = st.mask_ratio if st.image_mask != ImageMask.none else 0.0
+        arrays["block_mask"][0, i] = st.image_mask == ImageMask.block
+        arrays["text_len"][0, i] = st.text_len
+    return features_table([model], dataset, arrays).to_dict(orient="records")[0]
 
 
 def features_frame(rows: Sequence[dict[str, Any]] | None = None, index: Any = None) -> Any:

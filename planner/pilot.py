@@ -28,8 +28,8 @@ import pandas as pd
 
 from planner.errors import ClipaError
 from planner.hardware import default_pricing, get_hardware
-from planner.search import (FULL_TEXT, FinetuneStage, SearchSpace, batch_for, cpu_space, ft_batch, make_stage,
-                            space_for)
+from planner.recipe import FULL_TEXT_LEN
+from planner.search import FinetuneStage, SearchSpace, batch_for, cpu_space, ft_batch, make_stage, space_for
 from planner.spec import RunSpec, spec_from_dict
 
 # L9(3^4): rows are runs, columns the level (0, 1, 2) of model, resolution, text length, samples
@@ -72,11 +72,11 @@ def measured_overhead(hardware: str, runs_dir: Path | None = None) -> Overhead |
     from scipy.optimize import nnls
 
     from planner.cost import cost_spec
-    from planner.runs import load_results
+    from planner.runs import read_runs
 
-    results, _ = load_results(runs_dir)
+    records, _ = read_runs(runs_dir)  # bad files: reported by the fit's reader of the same folder
     rows = []
-    for r in results:
+    for r in (rec.result for rec in records if rec.result is not None):
         if r.spec.hardware != get_hardware(hardware).name or r.device_hours <= 0:
             continue
         modelled = cost_spec(r.spec).device_hours * 3600.0
@@ -151,7 +151,7 @@ def _run_stages(space: SearchSpace, run: PilotRun) -> list:
                          lr_base=space.lr_base)]
     if run.finetune:
         ft = FinetuneStage(space.full_res, run.finetune, 0.0)
-        stages.append(make_stage(run.model, 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, 0.0, 0,
+        stages.append(make_stage(run.model, 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT_LEN, 0.0, 0,
                                  lr_base=space.lr_base))
     return stages
 
@@ -269,7 +269,7 @@ def pilot_id(budget_usd: float, dataset: str, hardware: str, pricing: str, data_
 def write_pilot(design: PilotDesign, plan_dir: Path, plan_id: str) -> dict[str, Any]:
     """Write the design as a plan folder (plan.json + runs/<run-id>.yaml); runs carry no prediction (the pilot is
     what the prediction will be made from)."""
-    from planner.schedule import format_schedule
+    from planner.recipe import format_schedule
     from planner.store import atomic_write_text
 
     runs = []

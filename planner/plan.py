@@ -24,7 +24,7 @@ from planner.cost import cost_stages
 from planner.datasets import canonical_dataset, is_local
 from planner.errors import ClipaError
 from planner.hardware import catalog, default_pricing, get_hardware
-from planner.schedule import format_schedule
+from planner.recipe import format_schedule
 from planner.search import (Predictor, SearchSpace, candidate_features, candidate_stages, enumerate_candidates,
                             frontier, space_for)
 from planner.spec import RunSpec, spec_from_dict

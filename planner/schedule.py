@@ -5,36 +5,24 @@ Grammar (stages joined by ``+``)::
     SAMPLES@RES[/TEXTLEN[:truncate|random|block|syntax]][~RATIO[:random|grid|block]][,batch=N][,lr=BASE][,warmup=N]
 
 ``12.8B@70/8 + 512M@224/32~0.3 + 128M@336/32~0.4`` is CLIPA-v2's H/14 recipe. SAMPLES accepts ``12.8B``, ``512M``,
-``640K``, ``2.56e9`` or a plain integer. Defaults follow the CLIPA recipes (docs: ``clipa schedule --help``):
-
-* text length: 32 (CLIPA's full caption length); reduction: ``syntax`` below 32 tokens in the first stage
-  (CLIPA-v1/v2 pre-training), ``truncate`` otherwise;
-* masking: ``random`` when a ratio is given (CLIPA-v2 Table 2: random beats grid and block);
-* batch: 65,536 for the first stage, 32,768 for a fine-tune at up to 224 px, 16,384 above 224 px;
-* lr base (lr = base x batch / 256): 8e-6 for pre-training (4e-6 for bigG and e), 4e-7 for a first fine-tune of
-  512M samples or more, 8e-7 for a shorter one, 1e-7 for any later fine-tune;
-* warm-up: 3,200 steps of 65,536 (209.7M samples) for pre-training, 26.2M samples for a fine-tune, each capped at
-  5% (pre-training) or 20% (fine-tune) of the stage.
+``640K``, ``2.56e9`` or a plain integer. What a stage leaves out is the CLIPA recipes' default (``planner.recipe``:
+text 32 tokens, syntax reduction for a shorter pre-training caption, random masking, batch, lr base, warm-up);
+``recipe_stage`` is the one place a ``Stage`` is built from those defaults (the parser and the search use it);
+``planner.recipe.format_schedule`` writes a run back, leaving out what equals them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from planner.errors import ClipaError, from_validation_error
+from planner.recipe import (FULL_TEXT_LEN, default_batch, default_image_mask, default_lr_base, default_text_reduction,
+                            default_warmup)
 from planner.spec import ImageMask, Stage, TextReduction
 from planner.variants import VariantError, decode_variant
-
-FULL_TEXT_LEN = 32
-PRETRAIN_BATCH = 65_536
-FINETUNE_BATCH = 32_768
-FINETUNE_HIRES_BATCH = 16_384
-PRETRAIN_WARMUP = 3_200 * 65_536
-FINETUNE_WARMUP = 800 * 32_768
 
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _STAGE_RE = re.compile(
@@ -69,37 +57,6 @@ def parse_samples(text: str, field: str = "samples", allow_zero: bool = False) -
     return int(round(value))
 
 
-def format_samples(n: int) -> str:
-    """Shortest exact form: 12800000000 -> '12.8B', 524288000 -> '524288000' (not exact in M), 512000000 -> '512M'."""
-    for suffix, mult in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= mult:
-            for digits in range(0, 4):
-                s = f"{n / mult:.{digits}f}"
-                if int(round(float(s) * mult)) == n:
-                    return s.rstrip("0").rstrip(".") + suffix if "." in s else s + suffix
-    return str(n)
-
-
-def default_lr_base(index: int, samples: int, model: str, prev_finetunes: int) -> float:
-    if index == 0:
-        return 4e-6 if decode_variant(model).size in ("bigG", "e") else 8e-6
-    if prev_finetunes == 0:
-        return 4e-7 if samples >= 500_000_000 else 8e-7
-    return 1e-7
-
-
-def default_batch(index: int, res: int) -> int:
-    if index == 0:
-        return PRETRAIN_BATCH
-    return FINETUNE_BATCH if res <= 224 else FINETUNE_HIRES_BATCH
-
-
-def default_warmup(index: int, samples: int) -> int:
-    if index == 0:
-        return min(PRETRAIN_WARMUP, int(0.05 * samples))
-    return min(FINETUNE_WARMUP, int(0.2 * samples))
-
-
 def _parse_stage(text: str, index: int, model: str) -> Stage:
     field = f"schedule stage {index + 1} ({text.strip()!r})"
     m = _STAGE_RE.match(text)
@@ -117,9 +74,9 @@ def _parse_stage(text: str, index: int, model: str) -> Stage:
             raise ClipaError(field, f"unknown text reduction {m['tred']!r} (truncate, random, block, syntax)")
         tred = TextReduction(m["tred"])
     else:
-        tred = TextReduction.syntax if (index == 0 and text_len < FULL_TEXT_LEN) else TextReduction.truncate
+        tred = None
     ratio = 0.0
-    mask = ImageMask.none
+    mask = None
     if m["ratio"]:
         try:
             ratio = float(m["ratio"])
@@ -130,11 +87,7 @@ def _parse_stage(text: str, index: int, model: str) -> Stage:
         if m["mask"]:
             if m["mask"] not in ("random", "grid", "block"):
                 raise ClipaError(field, f"unknown mask {m['mask']!r} (random, grid, block)")
-            mask = ImageMask(m["mask"])
-        elif ratio > 0:
-            mask = ImageMask.random
-        if ratio == 0.0:
-            mask = ImageMask.none
+            mask = ImageMask(m["mask"]) if ratio > 0 else None
     extras: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in (m["extras"] or "").split(","))):
         key, _, value = part.partition("=")
@@ -142,32 +95,36 @@ def _parse_stage(text: str, index: int, model: str) -> Stage:
     unknown = set(extras) - {"batch", "lr", "warmup"}
     if unknown:
         raise ClipaError(field, f"unknown option {sorted(unknown)[0]!r} (batch, lr, warmup)")
-    return _build_stage(index, samples, res, text_len, tred, mask, ratio, extras, model, field)
-
-
-def _build_stage(index, samples, res, text_len, tred, mask, ratio, extras, model, field) -> Stage:
-    prev_ft = max(index - 1, 0)
     try:
-        batch = parse_samples(extras["batch"], field) if "batch" in extras else default_batch(index, res)
-        lr = float(extras["lr"]) if "lr" in extras else default_lr_base(index, samples, model, prev_ft)
-        warmup = (
-            parse_samples(extras["warmup"], field, allow_zero=True)
-            if "warmup" in extras
-            else default_warmup(index, samples)
-        )
+        batch = parse_samples(extras["batch"], field) if "batch" in extras else None
+        lr = float(extras["lr"]) if "lr" in extras else None
+        warmup = parse_samples(extras["warmup"], field, allow_zero=True) if "warmup" in extras else None
     except ValueError as e:
         raise ClipaError(field, f"bad option value: {e}") from None
+    return recipe_stage(model, index, samples, res, text_len=text_len, mask_ratio=ratio, image_mask=mask,
+                        text_reduction=tred, batch=batch, lr_base=lr, warmup=warmup, field=field)
+
+
+def recipe_stage(model: str, index: int, samples: int, res: int, *, text_len: int = FULL_TEXT_LEN,
+                 mask_ratio: float = 0.0, image_mask: ImageMask | None = None,
+                 text_reduction: TextReduction | None = None, batch: int | None = None, lr_base: float | None = None,
+                 warmup: int | None = None, prev_finetunes: int | None = None, field: str = "stage") -> Stage:
+    """Stage ``index`` of a run of ``model``: what is not given is the recipe book's default (``planner.recipe``).
+    ``prev_finetunes`` (default: every stage between the first and this one) picks the fine-tune lr base.
+    A value the spec refuses is a ClipaError on ``field``."""
+    prev = max(index - 1, 0) if prev_finetunes is None else prev_finetunes
     try:
         return Stage(
-            samples=samples,
-            batch_size=batch,
-            image_res=res,
-            image_mask=mask,
-            mask_ratio=ratio,
-            text_len=text_len,
-            text_reduction=tred,
-            lr_base=lr,
-            warmup_samples=min(warmup, samples),
+            samples=int(samples),
+            batch_size=int(batch if batch is not None else default_batch(index, res)),
+            image_res=int(res),
+            image_mask=image_mask if image_mask is not None else ImageMask(default_image_mask(mask_ratio)),
+            mask_ratio=float(mask_ratio),
+            text_len=int(text_len),
+            text_reduction=(text_reduction if text_reduction is not None
+                            else TextReduction(default_text_reduction(index, text_len))),
+            lr_base=lr_base if lr_base is not None else default_lr_base(index, samples, model, prev),
+            warmup_samples=min(warmup if warmup is not None else default_warmup(index, samples), int(samples)),
             init="scratch" if index == 0 else "previous",
         )
     except ValidationError as e:
@@ -194,29 +151,3 @@ def parse_schedule(schedule: str, model: str) -> list[Stage]:
     if len(parts) > 8:
         raise ClipaError("schedule", "at most 8 stages")
     return [_parse_stage(p, i, model) for i, p in enumerate(parts)]
-
-
-def format_stage(stage: Stage, index: int, model: str) -> str:
-    s = f"{format_samples(stage.samples)}@{stage.image_res}/{stage.text_len}"
-    default_tred = (
-        TextReduction.syntax if (index == 0 and stage.text_len < FULL_TEXT_LEN) else TextReduction.truncate
-    )
-    if stage.text_reduction != default_tred:
-        s += f":{stage.text_reduction.value}"
-    if stage.image_mask != ImageMask.none:
-        s += f"~{stage.mask_ratio:g}"
-        if stage.image_mask != ImageMask.random:
-            s += f":{stage.image_mask.value}"
-    if stage.batch_size != default_batch(index, stage.image_res):
-        s += f",batch={stage.batch_size}"
-    if stage.lr_base != default_lr_base(index, stage.samples, model, max(index - 1, 0)):
-        s += f",lr={stage.lr_base:g}"
-    if stage.warmup_samples != min(default_warmup(index, stage.samples), stage.samples):
-        s += f",warmup={stage.warmup_samples}"
-    return s
-
-
-def format_schedule(stages: Sequence[Stage], model: str) -> str:
-    """The paper's notation; ``parse_schedule(format_schedule(st, m), m)`` gives back the same stages
-    (apart from ``init`` sources other than scratch/previous, which the shorthand cannot express)."""
-    return " + ".join(format_stage(st, i, model) for i, st in enumerate(stages))

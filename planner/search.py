@@ -4,7 +4,9 @@ A candidate is a model variant, one pre-training stage (resolution, text length 
 zero, one or two full-resolution fine-tune stages (resolution, samples, random mask ratio). The space is a grid
 (``SearchSpace``) chosen per hardware kind: web-scale models and samples on accelerators, tiny towers on the CPU
 profile. Pricing is vectorised: per-sample FLOPs and MFU come from the one FLOP counter and cost model for each
-distinct stage shape (a few hundred), then scale with samples; pydantic stages are built only for the plans shown.
+distinct stage shape (a few hundred), then scale with samples; pydantic stages are built only for the plans shown,
+by the recipe book's stage builder (``planner.schedule.recipe_stage``). Features for the accuracy law come from
+``planner.features.features_table``, the same code as one run's.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import pandas as pd
 from planner.cost import stage_tokens
 from planner.flops import stage_flops
 from planner.hardware import Hardware, get_hardware
-from planner.schedule import default_lr_base, default_warmup
-from planner.spec import ImageMask, Stage, TextReduction
+from planner.recipe import FULL_TEXT_LEN
+from planner.schedule import recipe_stage
+from planner.spec import Stage
 from planner.variants import decode_variant
-
-FULL_TEXT = 32
 
 
 @dataclass(frozen=True)
@@ -134,15 +135,10 @@ def ft_batch(ft: FinetuneStage, space: SearchSpace) -> int:
 
 def make_stage(model: str, index: int, samples: int, batch: int, res: int, text_len: int, mask: float,
                prev_finetunes: int = 0, lr_base: tuple[float, float] | None = None) -> Stage:
-    tred = TextReduction.syntax if (index == 0 and text_len < FULL_TEXT) else TextReduction.truncate
-    return Stage(
-        samples=int(samples), batch_size=int(batch), image_res=int(res),
-        image_mask=ImageMask.random if mask > 0 else ImageMask.none, mask_ratio=float(mask),
-        text_len=int(text_len), text_reduction=tred,
-        lr_base=(lr_base[0 if index == 0 else 1] if lr_base else default_lr_base(index, samples, model, prev_finetunes)),
-        warmup_samples=min(default_warmup(index, samples), int(samples)),
-        init="scratch" if index == 0 else "previous",
-    )
+    """A candidate's stage: the recipe book's stage (``planner.schedule.recipe_stage``) at the search's batch and,
+    where the space sets them, its (pre-training, fine-tune) lr bases."""
+    return recipe_stage(model, index, samples, res, text_len=text_len, mask_ratio=mask, batch=batch,
+                        lr_base=lr_base[0 if index == 0 else 1] if lr_base else None, prev_finetunes=prev_finetunes)
 
 
 class _PerSample:
@@ -177,7 +173,7 @@ def enumerate_candidates(space: SearchSpace, hardware: str, pricing: str) -> pd.
         ft_secs = np.zeros(n_ft)
         for ft_id, ft in enumerate(space.finetunes):
             for j, stage in enumerate(ft):
-                f, sec = per_sample(model, stage.res, FULL_TEXT, stage.mask_ratio, ft_batch(stage, space), j + 1)
+                f, sec = per_sample(model, stage.res, FULL_TEXT_LEN, stage.mask_ratio, ft_batch(stage, space), j + 1)
                 ft_flops[ft_id] += f * stage.samples
                 ft_secs[ft_id] += sec * stage.samples
         for res, text_len in itertools.product(space.pretrain_res[patch], space.text_lens):
@@ -203,7 +199,7 @@ def candidate_stages(row, space: SearchSpace) -> list[Stage]:
     stages = [make_stage(row.model, 0, row.pt_samples, row.pt_batch, row.pt_res, row.pt_text, 0.0,
                          lr_base=space.lr_base)]
     for j, ft in enumerate(space.finetunes[int(row.ft_id)]):
-        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio, j,
+        stages.append(make_stage(row.model, j + 1, ft.samples, ft_batch(ft, space), ft.res, FULL_TEXT_LEN, ft.mask_ratio, j,
                                  lr_base=space.lr_base))
     return stages
 
@@ -226,71 +222,25 @@ Predictor = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 def candidate_features(cands: pd.DataFrame, space: SearchSpace, dataset: str) -> pd.DataFrame:
-    """``planner.features.run_features`` for every candidate row, column-wise (same values; a test checks it)."""
-    from planner.datasets import canonical_dataset
-    from planner.features import FEATURE_COLUMNS, MAX_STAGES, STAGE_FIELDS
-    from planner.flops import image_patches, kept_image_tokens
-    from planner.variants import size_rank
+    """``planner.features`` rows of every candidate, column-wise: the candidates' stage arrays through
+    ``planner.features.features_table``, the code ``run_features`` uses for one run."""
+    from planner.features import MAX_STAGES, features_table
 
-    ds = canonical_dataset(dataset)
-    n_ft = len(space.finetunes)
     n = len(cands)
-    out: dict[str, np.ndarray] = {}
-    models = cands["model"].to_numpy()
     ft_id = cands["ft_id"].to_numpy().astype(np.int64)
-    pt_res = cands["pt_res"].to_numpy()
-    pt_text = cands["pt_text"].to_numpy()
-    pt_samples = cands["pt_samples"].to_numpy().astype(np.int64)
-    out["model"] = models
-    out["size"] = np.empty(n, dtype=object)
-    out["patch"] = np.zeros(n, dtype=np.int64)
-    out["n_params"] = np.zeros(n)
-    out["dataset"] = np.full(n, ds, dtype=object)
-    stage = {f: np.zeros((MAX_STAGES, n), dtype=np.float64) for f in STAGE_FIELDS}
-    codes, uniques = pd.factorize(models)
-    max_ft = max((len(o) for o in space.finetunes), default=0)
-    for code, model in enumerate(uniques):
-        sel = codes == code
-        v = decode_variant(model)
-        out["size"][sel] = v.size
-        out["patch"][sel] = v.patch
-        out["n_params"][sel] = 10 ** size_rank(v.size)
-        res_sel = pt_res[sel]
-        lut = {int(r): kept_image_tokens(image_patches(int(r), v.patch), 0.0) for r in np.unique(res_sel)}
-        tokens = np.vectorize(lut.__getitem__, otypes=[np.int64])(res_sel)
-        stage["samples"][0, sel] = pt_samples[sel]
-        stage["image_tokens"][0, sel] = tokens
-        stage["text_len"][0, sel] = pt_text[sel]
-        stage["image_res"][0, sel] = res_sel
-        # per fine-tune option: a (option, stage) table, then gathered by ft_id
-        for j in range(1, max_ft + 1):  # later stage columns stay zero (absent)
-            table = np.zeros((n_ft, len(STAGE_FIELDS)))
-            for k, opt in enumerate(space.finetunes):
-                if j - 1 < len(opt):
-                    st = opt[j - 1]
-                    table[k] = (st.samples, kept_image_tokens(image_patches(st.res, v.patch), st.mask_ratio), FULL_TEXT,
-                                st.mask_ratio, 0.0, st.res)
-            rows = table[ft_id[sel]]
-            for c, f in enumerate(STAGE_FIELDS):
-                stage[f][j, sel] = rows[:, c]
-    n_stages = 1 + np.array([len(o) for o in space.finetunes])[ft_id]
-    out["n_stages"] = n_stages
-    out["total_samples"] = stage["samples"].sum(axis=0).astype(np.int64)
-    out["finetune_samples"] = stage["samples"][1:].sum(axis=0).astype(np.int64)
-    out["pretrain_image_tokens"] = stage["image_tokens"][0].astype(np.int64)
-    out["pretrain_text_len"] = stage["text_len"][0].astype(np.int64)
-    present = stage["samples"] > 0
-    out["max_image_tokens"] = np.where(present, stage["image_tokens"], -np.inf).max(axis=0).astype(np.int64)
-    out["min_text_len"] = np.where(present, stage["text_len"], np.inf).min(axis=0).astype(np.int64)
-    last = n_stages - 1
-    out["final_image_res"] = stage["image_res"][last, np.arange(n)].astype(np.int64)
-    for i in range(MAX_STAGES):
-        for f in STAGE_FIELDS:
-            col = stage[f][i]
-            if f == "block_mask":
-                out[f"s{i}_{f}"] = col.astype(bool)
-            elif f == "mask_ratio":
-                out[f"s{i}_{f}"] = col
-            else:
-                out[f"s{i}_{f}"] = col.astype(np.int64)
-    return pd.DataFrame(out, index=cands.index)[FEATURE_COLUMNS]
+    stages = {f: np.zeros((n, MAX_STAGES)) for f in ("samples", "image_res", "mask_ratio", "block_mask", "text_len")}
+    stages["samples"][:, 0] = cands["pt_samples"].to_numpy()
+    stages["image_res"][:, 0] = cands["pt_res"].to_numpy()
+    stages["text_len"][:, 0] = cands["pt_text"].to_numpy()
+    # fine-tunes: a (option, stage) table per field, gathered by ft_id; later stage columns stay zero (absent)
+    for j in range(max((len(o) for o in space.finetunes), default=0)):
+        table = np.zeros((len(space.finetunes), 3))
+        for k, opt in enumerate(space.finetunes):
+            if j < len(opt):
+                table[k] = (opt[j].samples, opt[j].res, opt[j].mask_ratio)
+        rows = table[ft_id]
+        stages["samples"][:, j + 1] = rows[:, 0]
+        stages["image_res"][:, j + 1] = rows[:, 1]
+        stages["mask_ratio"][:, j + 1] = rows[:, 2]
+        stages["text_len"][:, j + 1] = np.where(rows[:, 0] > 0, FULL_TEXT_LEN, 0)
+    return features_table(cands["model"].to_numpy(), dataset, stages, index=cands.index)

@@ -183,7 +183,7 @@ class RunSpec(_Frozen):
 
     @property
     def schedule(self) -> str:
-        from planner.schedule import format_schedule
+        from planner.recipe import format_schedule
 
         return format_schedule(self.stages, self.model)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from planner.datasets import eval_task
 from planner.errors import ClipaError
 from planner.runs import RecordedPrediction, RunResult, has_result, read_result, record_path, utcnow, write_result
 from planner.spec import RunSpec
@@ -37,11 +38,6 @@ class RunOutcome:
     run_id: str
     status: str  # "recorded" (now), "skipped" (had a result already)
     result: RunResult
-
-
-def eval_task(spec: RunSpec) -> str:
-    """What the recorded top-1 measures: ImageNet zero-shot for web datasets, the dataset's own eval split else."""
-    return f"zeroshot:{spec.dataset}" if spec.dataset.startswith("local:") else "imagenet-1k"
 
 
 def preflight(spec: RunSpec) -> None:
@@ -120,7 +116,7 @@ def build_result(
         spec=spec,
         plan_id=plan_id,
         backend=backend,
-        eval_task=eval_task(spec),
+        eval_task=eval_task(spec.dataset),
         started_at=started,
         finished_at=finished,
         wall_seconds=max((finished - started).total_seconds(), 0.0),

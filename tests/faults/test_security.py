@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO
 
 from planner.errors import ClipaError
-from planner.runs import RunResult, load_results, record_path, utcnow, write_result
+from planner.runs import RunResult, read_runs, record_path, utcnow, write_result
 from planner.spec import spec_from_dict
 
 BASE = {"model": "mu/8", "dataset": "local:tiny", "hardware": "cpu-2core", "pricing": "on-demand",
@@ -60,7 +60,7 @@ def test_run_ids_are_hex_hashes_and_results_cannot_pick_their_file(tmp_path):
     # a record planted with a hostile run id is read (reading writes nothing) and its spec decides its identity
     (runs / "planted.json").write_text(RunResult(run_id=spec.run_id, **kw).model_dump_json()
                                        .replace(spec.run_id, "../../x", 1))
-    results, problems = load_results(runs)
+    results, problems = read_runs(runs)
     assert problems == [] and len(results) == 2
 
 

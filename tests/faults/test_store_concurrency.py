@@ -1,6 +1,6 @@
 """Scenario 5: the results store under concurrency. Eight processes write 50 records each at the same moment
 (``planner.runs.write_result``, distinct run ids from distinct seeds, ~3 KB each so a torn write would show); then
-every one of the 400 records is readable (``planner.runs.load_results``), none is corrupt, no temporary file is
+every one of the 400 records is readable (``planner.runs.read_runs``), none is corrupt, no temporary file is
 left, and the fit's loader (``planner.results.load_runs``/``load_results``) sees all 400 rows. A second round has
 the eight writers rewrite the same 50 run ids at once (same run = same file): still one readable record per run."""
 
@@ -12,7 +12,7 @@ import time
 
 from conftest import HERE, REPO, clipa_env, leftovers
 
-from planner.runs import load_results
+from planner.runs import read_runs
 
 WRITERS, EACH = 8, 50
 
@@ -33,10 +33,10 @@ def _write_all(runs, tmp_path, home, offsets):
 def test_eight_writers_400_records(tmp_path, isolated_home):
     runs = isolated_home / "results" / "runs"
     _write_all(runs, tmp_path, isolated_home, [w * EACH for w in range(WRITERS)])
-    results, problems = load_results(runs)
+    results, problems = read_runs(runs)
     assert problems == []
     assert len(results) == WRITERS * EACH == len(list(runs.glob("*.json")))
-    assert sorted(r.spec.seed for r in results) == list(range(WRITERS * EACH))
+    assert sorted(r.result.spec.seed for r in results) == list(range(WRITERS * EACH))
     assert leftovers(runs) == [] and not list(runs.glob(".*"))
 
     from planner import results as fit_results
@@ -47,6 +47,6 @@ def test_eight_writers_400_records(tmp_path, isolated_home):
 
     # all eight rewrite the same 50 runs at once: last writer wins, one whole record per run
     _write_all(runs, tmp_path, isolated_home, [0] * WRITERS)
-    results, problems = load_results(runs)
+    results, problems = read_runs(runs)
     assert problems == [] and len(results) == WRITERS * EACH
     assert leftovers(runs) == [] and not list(runs.glob(".*"))

@@ -16,7 +16,8 @@ from planner.features import features_frame, schedule_features
 from planner.pilot import Overhead, apply_overhead, design_pilot
 from planner.schedule import parse_schedule
 from planner.search import cpu_space, enumerate_candidates
-from planner.studies import IMAGENET, _columns, fit_study, local_law, predict_study, study_of
+from planner.datasets import IMAGENET_TASK, eval_task
+from planner.studies import fit_study, local_top1, predict_study
 
 SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
 TRUTH = dict(SHARED, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5, ln_ci=math.log(1.5),
@@ -30,7 +31,7 @@ def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0):
     f = features_frame(rows)
     rng = np.random.default_rng(seed)
     f = f.iloc[np.sort(rng.choice(len(f), n, replace=False))].reset_index(drop=True)
-    f["top1"] = local_law(TRUTH, _columns(f), 16.0, CHANCE) + rng.normal(0, noise, len(f))
+    f["top1"] = local_top1(TRUTH, f, 16.0, CHANCE) + rng.normal(0, noise, len(f))
     f["key"] = [f"k{i}" for i in range(len(f))]
     return f
 
@@ -69,7 +70,7 @@ def test_local_fit_refuses_imagenet_rows():
 
     with pytest.raises(ClipaError, match="cannot enter the fit of study"):
         fit_study(pd.concat([rows, img], ignore_index=True), SHARED, dataset="local:t", chance=CHANCE)
-    assert study_of("local:t") == "zeroshot:local:t" and study_of("laion-2b") == IMAGENET
+    assert eval_task("local:t") == "zeroshot:local:t" and eval_task("laion-2b") == IMAGENET_TASK
 
 
 def test_imagenet_fit_refuses_local_rows():

@@ -12,10 +12,9 @@ import pytest
 
 from planner import accuracy, paths
 from planner.accuracy import (
+    IMAGENET_LAW,
     FitData,
     Prediction,
-    _Design,
-    _law,
     fit_accuracy,
     fitting_data,
     load_or_fit,
@@ -62,7 +61,7 @@ def _synthetic(seed: int = 0, n_rows: int = 160, noise: float = 0.1) -> FitData:
     truth = {**TRUE, **NO_CAP}
 
     def law(frame):
-        return _law(truth, _Design.from_frame(frame), np.array([truth.get(f"ds:{d}", 0.0) for d in frame["dataset"]]))
+        return IMAGENET_LAW.evaluate(truth, frame, np.array([truth.get(f"ds:{d}", 0.0) for d in frame["dataset"]]))
 
     f["top1"] = law(f) + rng.normal(0, noise, len(f))
     f["value_kind"] = "reported"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from planner.datasets import DATASETS
-from planner.schedule import format_schedule, parse_schedule
+from planner.recipe import format_schedule
+from planner.schedule import parse_schedule
 from planner.variants import decode_variant
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from planner import paths
-from planner.accuracy import code_hash, fit_accuracy, fit_version, fitting_data, load_fit, predict_stages
+from planner.accuracy import code_hash, fit_accuracy, fitting_data, predict_stages
+from planner.law import fit_version, load_fit
 from planner.schedule import parse_schedule
 
 

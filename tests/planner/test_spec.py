@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from planner.errors import ClipaError
-from planner.schedule import format_samples, format_schedule, parse_samples, parse_schedule
+from planner.recipe import format_samples, format_schedule
+from planner.schedule import parse_samples, parse_schedule
 from planner.spec import ImageMask, RunSpec, TextReduction, load_spec, spec_from_dict
 
 H14 = "12.8B@70/8 + 512M@224/32~0.3 + 128M@336/32~0.4"

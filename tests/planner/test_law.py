@@ -1,0 +1,101 @@
+"""The one law (``planner.law``): the ImageNet study and a local study are configurations of it, so for the same
+inputs and parameters they predict the same; the fit files of either kind round-trip; the fit shipped before the
+law was written once stays readable and predicts what the current one does."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from planner import law, paths
+from planner.accuracy import load_or_fit, predict_frame
+from planner.features import features_frame, schedule_features
+from planner.studies import LOCAL_LAW, predict_study
+
+RUNS = [("mu/8", "5K@16/8"), ("mini/8", "48K@32/16"), ("xs/8", "16K@24/32 + 8K@32/32~0.5"),
+        ("xs/8", "100K@16/8 + 2K@32/32 + 1K@32/16~0.3:block"), ("mu/8", "200@16/8")]
+# parameters of the shared space (no irreducible error, no patch term, no repetition: a local study's constants),
+# in the ImageNet study's units
+IMAGENET_P = {"E": 0.0, "zeta": 0.0, "ln_Rstar": 0.0, "rho": 0.0, "n_rep_cap": 1.0, "kappa_t": 1.0,
+              "ln_A": math.log(4.0), "alpha": 0.35, "ln_B": math.log(0.02), "beta": 0.5, "ln_ci": math.log(0.3),
+              "ln_ct": math.log(0.5), "gamma": 0.3, "kappa": 0.9, "psi": 1.0, "eta": 0.6, "ln_s0": math.log(1e-6)}
+# the log scales: their gradient does not depend on the units (an exponent's does, through log n and log D)
+FREE = ["ln_A", "ln_B", "ln_ci", "ln_ct", "ln_s0"]
+
+
+def _in_local_units(p: dict[str, float]) -> dict[str, float]:
+    """The same law in the local study's units (n / 1e5 instead of / 1e8, D / 1e4 instead of / 1e9)."""
+    n_scale = math.log(1e8 / 1e5)
+    d_scale = math.log(1e9 / 1e4)
+    q = dict(p)
+    q["ln_A"] += p["alpha"] * n_scale
+    q["ln_B"] += p["beta"] * d_scale
+    q["ln_ci"] += p["gamma"] * n_scale
+    q["ln_ct"] += p["gamma"] * n_scale
+    q["ln_s0"] += d_scale
+    q["n_rep_cap"] *= 1e8 / 1e5
+    return q
+
+
+def _fits():
+    f = features_frame([schedule_features(m, "local:t", s) for m, s in RUNS])
+    ranges = law.data_ranges(f.iloc[:3], token_floor=False)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(len(FREE), len(FREE)))
+    cov = (a @ a.T * 1e-3).tolist()
+    common = dict(free=FREE, cov=cov, sigma=1.3, ranges=ranges, datasets={"local:t": 0.0}, quantile=law.Z80)
+    imagenet = law.LawFit(kind="imagenet", params=IMAGENET_P, **common)
+    local = law.LawFit(kind="local-study", params=_in_local_units(IMAGENET_P), dataset="local:t", **common)
+    return f, imagenet, local
+
+
+def test_both_studies_predict_the_same_for_the_same_inputs_and_parameters():
+    f, imagenet, local = _fits()
+    a = predict_frame(imagenet, f)
+    b = predict_study(local, f)
+    assert a["predicted_top1"].to_numpy() == pytest.approx(b["predicted_top1"].to_numpy(), rel=1e-9)
+    # the interval's gradient steps are relative to each parameter's value, which the unit change moves
+    assert a["low"].to_numpy() == pytest.approx(b["low"].to_numpy(), rel=1e-4)
+    assert a["high"].to_numpy() == pytest.approx(b["high"].to_numpy(), rel=1e-4)
+    assert (a["extrapolated"].to_numpy() == b["extrapolated"].to_numpy()).all()
+    assert a["extrapolated"].any() and not a["extrapolated"].all()  # the probe runs span inside and outside
+    # and the runs are not all at the floor: the law's terms are exercised
+    assert a["predicted_top1"].std() > 5
+
+
+def test_a_change_of_chance_moves_only_the_floor():
+    f, _, local = _fits()
+    low = predict_study(local, f)["predicted_top1"].to_numpy()
+    local.chance = 10.0
+    high = predict_study(local, f)["predicted_top1"].to_numpy()
+    assert (high >= 10.0).all() and (high >= low - 1e-9).all()
+    far = low > 40  # well above the floor the chance level changes nothing
+    assert far.any() and high[far] == pytest.approx(low[far], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["imagenet", "local-study"])
+def test_fit_files_round_trip(kind, tmp_path):
+    f, imagenet, local = _fits()
+    fit = imagenet if kind == "imagenet" else local
+    fit.eval_n = 1000 if kind == "local-study" else None
+    path = tmp_path / "fit.json"
+    path.write_text(fit.to_json())
+    again = law.load_fit(path)
+    a, b = json.loads(again.to_json()), json.loads(fit.to_json())
+    a.pop("natural_params"), b.pop("natural_params")  # exp of a 12-digit log: last digit may move
+    assert again.kind == kind and a == b
+    pa = law.predict(fit, LOCAL_LAW, f)
+    pb = law.predict(again, LOCAL_LAW, f)
+    assert np.allclose(pa["predicted_top1"], pb["predicted_top1"], rtol=1e-10)
+
+
+def test_the_fit_shipped_before_the_law_was_written_once_reads_and_predicts_the_same():
+    old = law.load_fit(paths.PACKAGE_ROOT / "results" / "fits" / "c5ec549ec6fe.json")
+    now = load_or_fit(include_runs=False)
+    f = features_frame([schedule_features("H/14", "datacomp-1b", "12.8B@84/8 + 512M@224/32~0.3 + 128M@336/32~0.4"),
+                        schedule_features("B/16", "local:new", "1B@112/16")])
+    a, b = predict_frame(old, f), predict_frame(now, f)
+    assert np.allclose(a[["predicted_top1", "low", "high"]], b[["predicted_top1", "low", "high"]], rtol=1e-9)
