@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import ClipaError
-from planner.runs import RecordedPrediction, RunResult, has_result, read_result, record_path, utcnow, write_result
+from planner.runs import RecordedPrediction, RunResult, find_record, read_result, utcnow, write_result
 from planner.spec import RunSpec
 from planner.store import atomic_write_text
 
@@ -43,13 +43,12 @@ def eval_task(spec: RunSpec) -> str:
 
 def preflight(spec: RunSpec) -> None:
     """Problems that would only surface after training: say them before spending anything."""
-    if not spec.eval_data:
-        raise ClipaError("eval_data", f"run {spec.run_id} has no eval_data: a run must be evaluated to be recorded")
-    if not spec.data:
-        raise ClipaError("data", f"run {spec.run_id} has no training data (spec field 'data')")
-    for field, value in (("data", spec.data), ("eval_data", spec.eval_data)):
-        if "://" not in value and not Path(value).exists():
-            raise ClipaError(field, f"{value} does not exist")
+    from planner.binding import missing_bindings
+
+    for m in missing_bindings(spec):  # data, eval_data (a run must be evaluated to be recorded), tokenizer
+        if m["field"] == "tokenizer" and spec.data and "://" in spec.data:
+            continue  # the trainer looks for tokenizer.json beside bucket data
+        raise ClipaError(m["field"], f"run {spec.run_id}: {m['problem']} (supply it with {m['option']})")
 
 
 def tpu_preflight(spec: RunSpec) -> None:
@@ -79,7 +78,7 @@ def evaluate_run(spec: RunSpec, run_dir: Path, trained: Any | None = None, limit
     if cached.exists():
         try:
             ev = json.loads(cached.read_text())
-            if isinstance(ev, dict) and ev.get("run_id") == spec.run_id:
+            if isinstance(ev, dict) and ev.get("run_id") in (spec.run_id, spec.legacy_run_id):
                 return ev
         except json.JSONDecodeError:
             pass  # a torn file from an old crash: evaluate again (writes are atomic now)
@@ -249,8 +248,9 @@ def build_result(
 
 def _already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None:
     """The "skipped" outcome of a run that has a result already (runs are recorded once), else None."""
-    if has_result(spec.run_id, runs_dir):
-        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    recorded = find_record(spec, runs_dir)  # also finds a record made under the spec's old run id
+    if recorded is not None:
+        return RunOutcome(spec.run_id, "skipped", read_result(recorded))
     return None
 
 

@@ -86,6 +86,10 @@ class ClipTokenizer:
         added = (tokenizer.get_added_tokens_decoder().values()
                  if hasattr(tokenizer, "get_added_tokens_decoder") else None)
         self._added = None if added is None else [a.content for a in added] + [a.content.lower() for a in added]
+        # the id text outside the vocabulary maps to (WordLevel/WordPiece models); None for byte-level BPE, which
+        # encodes any text. Used to tell a tokenizer made for other data (clipa rehearse).
+        unk = getattr(tokenizer.model, "unk_token", None)
+        self.unknown_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
 
     # --- loading / saving -------------------------------------------------------------------------------------
     @classmethod
