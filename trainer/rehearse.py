@@ -114,11 +114,10 @@ def check_data(spec: RunSpec) -> str:
         captions += bool(sample.get("txt"))
         if n >= CAPTIONS_CHECKED:
             break
-    images = n  # samples without an image are found by the trainer's own counters; here: any sample at all
     if n == 0 or captions == 0:
-        why = "; ".join(str(v) for k, v in stats.items() if k.startswith("_")) or "no samples with a caption (.txt)"
+        why = "; ".join(stats.get("_notes", [])) or "no samples with a caption (.txt)"
         raise ClipaError("data", f"first shard {shard} is not readable webdataset: {why}")
-    return f"first shard {shard}: {images} samples read, {captions} with captions"
+    return f"first shard {shard}: {n} samples read, {captions} with captions"
 
 
 def check_tokenizer(spec: RunSpec) -> str:
@@ -215,12 +214,13 @@ def rehearse_run(spec: RunSpec, out: Path, say: Callable[[str], None] = print) -
                           round(time.perf_counter() - t0, 2)))
     say(f"  ok  {r.checks[-1].name}: {r.checks[-1].detail} ({r.checks[-1].seconds:.1f} s)")
     with _check(r.checks, "checkpoint written and resumed", say) as c:
+        a = param_fingerprint(first.params)
         resumed_from = _drop_last_checkpoint(run_dir)
         try:
             again = train(tiny, run_dir, factory, progress=False, handle_signals=False, max_to_keep=None)
         except Exception as e:
             raise stage_error(e) from None
-        a, b = param_fingerprint(first.params), param_fingerprint(again.params)
+        b = param_fingerprint(again.params)
         if a != b:
             raise ClipaError("checkpoint", f"resuming from step {resumed_from} gave other final parameters "
                                            f"({b}) than the uninterrupted run ({a})")

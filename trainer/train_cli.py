@@ -35,8 +35,9 @@ SUMMARY_FILE = "train_summary.json"
 
 def default_run_dir(spec) -> Path:
     from planner.paths import project_root
+    from planner.runs import run_folder
 
-    return project_root() / "runs" / spec.run_id
+    return run_folder(project_root() / "runs", spec)  # runs/<run id>, or a folder started under the old id
 
 
 def _enable_compile_cache(run_dir: Path) -> None:

@@ -1,0 +1,92 @@
+"""``clipa rehearse PLAN`` (issue 14): the $10k plan's three stages on a tiny tower, on bound synth data; and the one
+line a broken eval folder, a garbage shard and a tokenizer for other data each give (before anything compiles)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from planner.cli import run_app
+from trainer.cli import build_app
+
+
+def run(argv, capsys):
+    build_app()
+    code = run_app([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def bound_plan(tmp_path_factory):
+    """`clipa data synth`, then the $10k plan bound to it (g/14 or bigG/14, three stages)."""
+    root = tmp_path_factory.mktemp("rehearse")
+    d, p = root / "D", root / "P"
+    build_app()
+    assert run_app(["data", "synth", "--out", str(d), "--samples", "300", "--eval-samples", "300",
+                    "--shard-size", "100"]) == 0
+    assert run_app(["plan", "--budget", "10000", "--data", str(d / "train"), "--eval-data", str(d / "eval"),
+                    "--tokenizer", str(d / "tokenizer.json"), "--out", str(p)]) == 0
+    return d, p
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.slow  # three stages of mu/14 compiled on CPU, twice the last one's steps, an evaluation (~1.5 min)
+def test_rehearse_passes_on_the_10k_plan_and_records_nothing(bound_plan, isolated_home, tmp_path, capsys):
+    _, p = bound_plan
+    spec = json.loads((p / "plan.json").read_text())["chosen"]
+    assert spec["model"] in ("g/14", "bigG/14") and spec["schedule"].count("+") == 2
+    code, out, err = run(["rehearse", p, "--out", tmp_path / "R", "--json"], capsys)
+    assert code == 0, err
+    body = json.loads(out)
+    (r,) = body["runs"]
+    assert r["rehearsed_as"]["model"] == "mu/14" and r["rehearsed_as"]["schedule"].count("+") == 2
+    names = [c["check"] for c in r["checks"]]
+    assert names == ["data readable", "captions tokenize", "eval layout", "3 stages compile and step",
+                     "checkpoint written and resumed", "eval ran"]
+    assert "final parameters equal" in r["checks"][4]["detail"]
+    assert not (isolated_home / "results" / "runs").exists() or not any((isolated_home / "results" / "runs").iterdir())
+    assert (tmp_path / "R" / r["run_id"] / "eval.json").exists()  # everything it wrote is under --out
+
+
+def test_a_missing_eval_folder_is_one_named_line(bound_plan, tmp_path, capsys):
+    d, p = bound_plan
+    code, _, err = run(["rehearse", p, "--eval-data", tmp_path / "no-such-val"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("error: eval_data:") and "no-such-val does not exist" in line
+
+
+def test_a_garbage_shard_is_one_named_line(bound_plan, tmp_path, capsys):
+    d, p = bound_plan
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "shard-000000.tar").write_bytes(b"this is not a tar archive " * 100)
+    shutil.copy(d / "tokenizer.json", bad / "tokenizer.json")
+    code, _, err = run(["rehearse", p, "--data", bad], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("error: data:") and "shard-000000.tar is not readable webdataset" in line
+
+
+def test_a_tokenizer_made_for_other_data_is_one_named_line(bound_plan, tmp_path, capsys):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"<pad>": 0, "[UNK]": 1, "dog": 2, "<start_of_text>": 3, "<end_of_text>": 4}
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(tmp_path / "other.json"))
+    _, p = bound_plan
+    code, _, err = run(["rehearse", p, "--tokenizer", tmp_path / "other.json"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("error: tokenizer:") and "does not match the data" in line
+    (tmp_path / "broken.json").write_text("{}")
+    code, _, err = run(["rehearse", p, "--tokenizer", tmp_path / "broken.json"], capsys)
+    assert code == 2 and _one_error_line(err).startswith("error: tokenizer:")
