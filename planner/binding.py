@@ -100,9 +100,12 @@ def _synth_root(location: str) -> Path | None:
 
 
 def resolve_binding(dataset: str, data: str | None = None, eval_data: str | None = None,
-                    tokenizer: str | None = None, catalog: dict[str, Binding] | None = None) -> Binding:
+                    tokenizer: str | None = None, catalog: dict[str, Binding] | None = None,
+                    discover_tokenizer: bool = True) -> Binding:
     """The locations a spec for ``dataset`` gets: the options given, else the catalog's, else (for local data with a
-    tokenizer.json beside it) the discovered tokenizer. Local paths become absolute."""
+    tokenizer.json beside it, unless ``discover_tokenizer`` is off) the discovered tokenizer. Local paths become
+    absolute. Overrides of an existing plan (``clipa run/rehearse PLAN --data ...``) pass ``catalog={}`` and no
+    discovery, so only what the user typed replaces what the plan wrote."""
     given = Binding(data=data, eval_data=eval_data, tokenizer=tokenizer)
     if given.data and (root := _synth_root(given.data)) is not None:  # `--data DIR` of a synth dataset
         split = Binding(eval_data=str(root / "eval") if (root / "eval").is_dir() else None,
@@ -110,7 +113,7 @@ def resolve_binding(dataset: str, data: str | None = None, eval_data: str | None
         given = Binding(data=str(root / "train"), eval_data=eval_data, tokenizer=tokenizer).over(split)
     cat = load_catalog() if catalog is None else catalog
     bound = given.over(cat.get(canonical_dataset(dataset), Binding()))
-    if bound.data and not bound.tokenizer and "://" not in bound.data:
+    if discover_tokenizer and bound.data and not bound.tokenizer and "://" not in bound.data:
         for folder in _beside(Path(bound.data).expanduser()):
             if (folder / "tokenizer.json").exists():
                 bound = bound.over(Binding(tokenizer=str(folder / "tokenizer.json")))

@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
 
         plan_id, runs = _targets(target)
         if data or eval_data or tokenizer:
-            runs = [(bind_spec(s, resolve_binding(s.dataset, data, eval_data, tokenizer, catalog={})), p)
+            runs = [(bind_spec(s, resolve_binding(s.dataset, data, eval_data, tokenizer, catalog={},
+                                             discover_tokenizer=False)), p)
                     for s, p in runs]
         folder = out.absolute() if out is not None else Path(tempfile.mkdtemp(prefix="clipa-rehearse-"))
         folder.mkdir(parents=True, exist_ok=True)

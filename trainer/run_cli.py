@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
         if data or eval_data or tokenizer:  # locations are not part of the run id: the runs stay the same runs
             from planner.binding import bind_spec, resolve_binding
 
-            runs = [(bind_spec(spec, resolve_binding(spec.dataset, data, eval_data, tokenizer, catalog={})), pred)
+            runs = [(bind_spec(spec, resolve_binding(spec.dataset, data, eval_data, tokenizer, catalog={},
+                                                discover_tokenizer=False)), pred)
                     for spec, pred in runs]
         if not runs:
             raise ClipaError("plan", f"{target} lists no runs")

@@ -4,7 +4,6 @@ line a broken eval folder, a garbage shard and a tokenizer for other data each g
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -68,7 +67,6 @@ def test_a_garbage_shard_is_one_named_line(bound_plan, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "shard-000000.tar").write_bytes(b"this is not a tar archive " * 100)
-    shutil.copy(d / "tokenizer.json", bad / "tokenizer.json")
     code, _, err = run(["rehearse", p, "--data", bad], capsys)
     line = _one_error_line(err)
     assert code == 2 and line.startswith("error: data:") and "shard-000000.tar is not readable webdataset" in line
