@@ -211,12 +211,13 @@ class RunSpec(_Frozen):
     def legacy_run_id(self) -> str:
         """The run id clipa gave this spec before run ids covered only what is learned (it hashed every field but
         ``name``). Records, run folders and checkpoints made then carry it; lookups by spec try it after
-        ``run_id`` (``planner.runs.find_record``, ``trainer.run_folder``)."""
+        ``run_id`` (``planner.runs.find_record``, ``planner.runs.run_folder``)."""
         return _hash16(self.model_dump(mode="json", exclude={"name"}))
 
     def execution_changes(self, other: RunSpec) -> dict[str, tuple[Any, Any]]:
         """Fields outside the run id that differ from ``other`` (same run, other execution): {field: (old, new)}."""
-        a, b = _flat(other.model_dump(mode="json", exclude={"name"})), _flat(self.model_dump(mode="json", exclude={"name"}))
+        a = _flat(other.model_dump(mode="json", exclude={"name"}))
+        b = _flat(self.model_dump(mode="json", exclude={"name"}))
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
     @property

@@ -391,7 +391,7 @@ def _finished_files(spec: RunSpec, run_dir: Path) -> tuple[dict[str, Any], dict[
             doc = json.loads((run_dir / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(doc, dict) or doc.get("run_id") != spec.run_id:
+        if not isinstance(doc, dict) or doc.get("run_id") not in (spec.run_id, spec.legacy_run_id):
             return None
         docs.append(doc)
     return docs[0], docs[1]
