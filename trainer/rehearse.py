@@ -104,20 +104,22 @@ def _check(out: list[Check], name: str, say: Callable[[str], None]):
 
 
 def check_data(spec: RunSpec) -> str:
+    from trainer.data.pipeline import image_bytes
     from trainer.data.reader import iter_shard_samples
 
     shard = spec.data
     stats: dict[str, Any] = {}
-    n = captions = 0
+    n = usable = 0
     for sample in iter_shard_samples(shard, 0, stats):
         n += 1
-        captions += bool(sample.get("txt"))
+        usable += bool(sample.get("txt")) and image_bytes(sample) is not None
         if n >= CAPTIONS_CHECKED:
             break
-    if n == 0 or captions == 0:
-        why = "; ".join(stats.get("_notes", [])) or "no samples with a caption (.txt)"
+    if usable == 0:
+        why = "; ".join(stats.get("_notes", [])) or (f"none of its first {n} samples has both an image and a "
+                                                      "caption (.txt)" if n else "no samples")
         raise ClipaError("data", f"first shard {shard} is not readable webdataset: {why}")
-    return f"first shard {shard}: {n} samples read, {captions} with captions"
+    return f"first shard {shard}: {n} samples read, {usable} with an image and a caption"
 
 
 def check_tokenizer(spec: RunSpec) -> str:

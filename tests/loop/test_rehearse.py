@@ -72,6 +72,24 @@ def test_a_garbage_shard_is_one_named_line(bound_plan, tmp_path, capsys):
     assert code == 2 and line.startswith("error: data:") and "shard-000000.tar is not readable webdataset" in line
 
 
+def test_a_shard_of_captions_without_images_is_one_named_line(bound_plan, tmp_path, capsys):
+    import io
+    import tarfile
+
+    _, p = bound_plan
+    bad = tmp_path / "captions-only"
+    bad.mkdir()
+    with tarfile.open(bad / "shard-000000.tar", "w") as tar:
+        for i in range(3):
+            data = b"a photo of a dog"
+            info = tarfile.TarInfo(f"{i:06d}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    code, _, err = run(["rehearse", p, "--data", bad], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("error: data:") and "has both an image and a caption" in line
+
+
 def test_a_tokenizer_made_for_other_data_is_one_named_line(bound_plan, tmp_path, capsys):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -88,3 +106,27 @@ def test_a_tokenizer_made_for_other_data_is_one_named_line(bound_plan, tmp_path,
     (tmp_path / "broken.json").write_text("{}")
     code, _, err = run(["rehearse", p, "--tokenizer", tmp_path / "broken.json"], capsys)
     assert code == 2 and _one_error_line(err).startswith("error: tokenizer:")
+
+
+def test_the_rehearsal_keeps_the_plans_structure(bound_plan):
+    from planner.plan import load_plan
+    from trainer.rehearse import rehearsal_spec
+
+    d, p = bound_plan
+    _, [(spec, _)] = load_plan(p)
+    tiny = rehearsal_spec(spec)
+    assert tiny.model == f"mu/{spec.model.split('/')[1]}" and len(tiny.stages) == len(spec.stages) == 3
+    big = [st.image_res for st in spec.stages]
+    small = [st.image_res for st in tiny.stages]
+    assert sorted(range(3), key=big.__getitem__) == sorted(range(3), key=small.__getitem__)  # same order of sizes
+    assert max(small) == 6 * 14 and small[1] / small[2] == pytest.approx(big[1] / big[2], rel=0.15)
+    for a, b in zip(spec.stages, tiny.stages, strict=True):
+        assert (a.image_mask, a.mask_ratio, a.text_len, a.text_reduction, a.lr_base, a.init) == \
+               (b.image_mask, b.mask_ratio, b.text_len, b.text_reduction, b.lr_base, b.init)
+        assert b.steps == 2
+    assert tiny.train.posemb == spec.train.posemb and tiny.train.pool == spec.train.pool
+    assert tiny.data == str(d / "train" / "shard-000000.tar") and tiny.tokenizer == spec.tokenizer
+    assert tiny.eval_data == spec.eval_data
+    learned = spec.model_dump(mode="json")
+    learned["train"]["micro_batch"] = 8192
+    assert rehearsal_spec(type(spec).model_validate(learned)).train.micro_batch == 4  # accumulation exercised too
