@@ -69,11 +69,11 @@ def rehearsal_spec(spec: RunSpec) -> RunSpec:
         init = st.init
         if init.startswith("checkpoint:"):  # a full-size checkpoint does not fit the tiny tower
             init = "scratch" if i == 0 else "previous"
-        stages.append({
-            **st.model_dump(mode="json"),
-            "samples": BATCH * STEPS, "batch_size": BATCH, "image_res": side * patch,
-            "warmup_samples": BATCH if st.warmup_samples else 0, "init": init,
-        })
+        stage = {**st.model_dump(mode="json"), "samples": BATCH * STEPS, "batch_size": BATCH,
+                 "image_res": side * patch, "warmup_samples": BATCH if st.warmup_samples else 0, "init": init}
+        if stage.get("micro_batch") is not None:  # a per-stage micro-batch (where the spec has one): exercised too
+            stage["micro_batch"] = BATCH // 2
+        stages.append(stage)
     train = {**spec.train.model_dump(mode="json"), "checkpoint_every_steps": 1, "log_every_steps": 1,
              "compute_dtype": "float32", "sharding": "data"}
     if spec.train.micro_batch is not None:
