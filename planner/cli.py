@@ -266,7 +266,9 @@ def plan(
     out: Annotated[Optional[Path], typer.Option(help="write the plan here instead of plans/<plan-id>/")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="refit the accuracy model instead of using the cached fit")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="draw the accuracy-against-cost frontier with the chosen plan (PNG)")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (clipa data synth --out DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="training shards: folder, brace pattern, gs:// or s3:// URL (a clipa data synth folder binds its train/, eval/ and tokenizer.json); default: the dataset catalog's (datasets.yaml)")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="evaluation set: ImageNet-1k val as wnid class folders, or shards with 'cls' labels")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json (make one: clipa data tokenizer --data URL --out FILE)")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -287,10 +289,12 @@ def plan(
     if objective not in ("mean", "p10"):
         raise ClipaError("objective", f"{objective!r} is not 'mean' or 'p10'")
     fit = load_or_fit(refit=refit)
+    from planner.binding import resolve_binding
     from planner.datasets import canonical_dataset
 
+    binding = resolve_binding(dataset, data, eval_data, tokenizer)
     result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version_for(canonical_dataset(dataset)),
-                       hardware, pricing, dataset, objective, top, out, data_dir=data)  # type: ignore[arg-type]
+                       hardware, pricing, dataset, objective, top, out, binding=binding)  # type: ignore[arg-type]
     body = result.body
     if plot is not None:
         plot_frontier(body, plot)
@@ -309,6 +313,9 @@ def plan(
             "pricing": body["pricing"],
             "runners_up": body["runners_up"],
             "other_hardware": body["other_hardware"],
+            "executable": body["executable"],
+            "missing": body["missing"],
+            "execute": _execute_line(body, result.plan_dir),
         })
         return
     _print_plan(body, result.plan_dir, plot)
@@ -359,9 +366,22 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
             "fitted law predicts no gain from spending more (ties go to the cheaper plan)."
         )
     console.print(f"plan written to {plan_dir}/plan.json; run spec: {c['spec']}")
-    console.print(f"execute with:  clipa run {plan_dir}")
+    if body.get("executable", True):
+        console.print(f"execute with:  clipa rehearse {plan_dir}  (minutes, on this machine), then  clipa run {plan_dir}")
+    else:
+        console.print("not executable yet:", markup=False, highlight=False)
+        for m in body["missing"]:
+            console.print(f"  missing {m['field']} ({m['option']}): {m['problem']}", markup=False, highlight=False)
+        console.print(f"supply it with:  {_execute_line(body, plan_dir)}", markup=False, highlight=False)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
+
+
+def _execute_line(body: dict, plan_dir: Path) -> str:
+    """The command that runs the plan: as it is, or with what is missing supplied (planner.binding)."""
+    from planner.binding import supply_command
+
+    return supply_command(str(plan_dir), body.get("missing", []))
 
 
 @app.command()

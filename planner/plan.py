@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from planner import paths
+from planner.binding import Binding
 from planner.cost import cost_stages
 from planner.datasets import canonical_dataset, is_local
 from planner.errors import ClipaError
@@ -97,12 +98,13 @@ def make_plan(
     objective: Objective = "mean",
     top: int = 5,
     out: Path | None = None,
-    data_dir: Path | None = None,
+    binding: Binding | None = None,
 ) -> PlanResult:
     """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget.
 
-    ``data_dir``: a local dataset folder (``clipa data synth``): the specs read DIR/train, evaluate on DIR/eval with
-    DIR/tokenizer.json, and the CPU search space goes up to the data's resolution. On CPU hardware candidates are
+    ``binding``: where the data, evaluation set and tokenizer are (``planner.binding.resolve_binding``); written into
+    the spec, and the body says whether the plan is executable and what is missing. For a ``clipa data synth`` folder
+    the CPU search space goes up to the data's resolution. On CPU hardware candidates are
     priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound."""
     dataset = canonical_dataset(dataset)
     hw = get_hardware(hardware or "a100-80gb")
@@ -113,10 +115,11 @@ def make_plan(
     if out is not None:
         check_writable(out)
 
-    from planner.pilot import apply_overhead, data_fields, data_resolution, overhead_for
+    from planner.binding import data_resolution, missing_bindings
+    from planner.pilot import apply_overhead, overhead_for
 
-    fields = data_fields(data_dir)
-    space = space_for(hw, data_resolution(data_dir) if data_dir is not None else None)
+    fields = (binding or Binding()).fields()
+    space = space_for(hw, data_resolution(binding or Binding()))
     cands = enumerate_candidates(space, hw.name, pricing)
     overhead = None
     if hw.kind == "cpu":
@@ -171,7 +174,7 @@ def make_plan(
                "objective": objective, "fit_version": fit_version}
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
-    if fields:
+    if "data" in fields:  # what the plan was searched for; the other locations do not change the question
         request["data"] = fields["data"]
     if overhead is not None:
         request["overhead"] = {"scale": overhead.scale, "per_sample_s": overhead.per_sample_s,
@@ -180,12 +183,15 @@ def make_plan(
     plan_dir = out or (paths.plans_dir() / plan_id)
     check_writable(plan_dir)
     spec_path = plan_dir / "runs" / f"{spec.run_id}.yaml"
+    missing = missing_bindings(spec)
     body = {
         "plan_id": plan_id,
         **request,
         "candidates_considered": considered,
         "notes": request_notes,
         "candidates_within_budget": int(len(affordable)),
+        "executable": not missing,
+        "missing": missing,
         "chosen": {**chosen, "run_id": spec.run_id, "spec": str(spec_path)},
         "runners_up": runners,
         "frontier": front.to_dict(orient="records"),

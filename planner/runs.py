@@ -91,6 +91,23 @@ def has_result(run_id: str, runs_dir: Path | None = None) -> bool:
     return record_path(run_id, runs_dir).exists()
 
 
+def find_record(spec: RunSpec, runs_dir: Path | None = None) -> Path | None:
+    """The record of ``spec``'s run: ``<run_id>.json``, else one written under the spec's pre-whitelist id
+    (``RunSpec.legacy_run_id``). Old records are read as they are: their stored ``run_id`` stays their key (the fits'
+    data rows are keyed by it), so no file is renamed and no fit version changes."""
+    for rid in (spec.run_id, spec.legacy_run_id):
+        if has_result(rid, runs_dir):
+            return record_path(rid, runs_dir)
+    return None
+
+
+def run_folder(root: Path, spec: RunSpec) -> Path:
+    """``root/<run_id>``; a folder started under the spec's old id (``root/<legacy_run_id>``) when only that exists,
+    so a run interrupted before run ids covered only what is learned resumes where it was."""
+    new, old = Path(root) / spec.run_id, Path(root) / spec.legacy_run_id
+    return old if old.is_dir() and not new.exists() else new
+
+
 def read_result(path: Path) -> RunResult:
     """One record; raises ValueError naming the file for malformed content or another schema version."""
     try:

@@ -2,8 +2,9 @@
 
 A ``RunSpec`` names a model variant, a dataset, a hardware profile and pricing, and an ordered list of ``Stage``s.
 Everything token-related (resolution, masking, text length and reduction) lives in a stage, never in the variant.
-Specs are pydantic models (``extra="forbid"``, frozen); their content hash is the run id; they round-trip through
-YAML and JSON. Importable without JAX.
+Specs are pydantic models (``extra="forbid"``, frozen); the hash of what they learn (``RunSpec.content``: model,
+dataset, seed, stages, optimiser and architecture options; not data locations, hardware or execution settings) is the
+run id; they round-trip through YAML and JSON. Importable without JAX.
 """
 
 from __future__ import annotations
@@ -103,6 +104,26 @@ class TrainOptions(_Frozen):
     pool: Literal["default", "gap", "tok"] = "default"
 
 
+# What the run id covers (``RunSpec.content``): what is learned. Everything else is execution or location.
+IDENTITY_STAGE_FIELDS = ("samples", "batch_size", "image_res", "image_mask", "mask_ratio", "text_len",
+                         "text_reduction", "lr_base", "warmup_samples", "init")
+IDENTITY_TRAIN_FIELDS = ("weight_decay", "b1", "b2", "posemb", "pool")
+
+
+def _hash16(content: dict[str, Any]) -> str:
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train.micro_batch": 4, "stages[0].batch_size": 8, ...} for comparing two specs field by field."""
+    if isinstance(d, dict):
+        return {k2: v2 for k, v in d.items() for k2, v2 in _flat(v, f"{prefix}.{k}" if prefix else k).items()}
+    if isinstance(d, list):
+        return {k2: v2 for i, v in enumerate(d) for k2, v2 in _flat(v, f"{prefix}[{i}]").items()}
+    return {prefix: d}
+
+
 class RunSpec(_Frozen):
     """A complete, executable training run. ``run_id`` is its content hash."""
 
@@ -169,13 +190,35 @@ class RunSpec(_Frozen):
 
     # --- identity ---------------------------------------------------------------------------------------------
     def content(self) -> dict[str, Any]:
-        """What the run id hashes: everything except the human label."""
-        return self.model_dump(mode="json", exclude={"name"})
+        """What the run id hashes: what is learned, as an explicit whitelist (``IDENTITY_*``). Data locations,
+        hardware, pricing and execution settings (dtype, remat, sharding, micro-batch, cadences) are left out, so a
+        run can move, be re-priced or be resumed with other execution settings; a field added later is left out
+        unless it is listed here."""
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "stages": [{k: st.model_dump(mode="json")[k] for k in IDENTITY_STAGE_FIELDS} for st in self.stages],
+            "train": {k: self.train.model_dump(mode="json")[k] for k in IDENTITY_TRAIN_FIELDS},
+        }
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _hash16(self.content())
+
+    @property
+    def legacy_run_id(self) -> str:
+        """The run id clipa gave this spec before run ids covered only what is learned (it hashed every field but
+        ``name``). Records, run folders and checkpoints made then carry it; lookups by spec try it after
+        ``run_id`` (``planner.runs.find_record``, ``planner.runs.run_folder``)."""
+        return _hash16(self.model_dump(mode="json", exclude={"name"}))
+
+    def execution_changes(self, other: RunSpec) -> dict[str, tuple[Any, Any]]:
+        """Fields outside the run id that differ from ``other`` (same run, other execution): {field: (old, new)}."""
+        a = _flat(other.model_dump(mode="json", exclude={"name"}))
+        b = _flat(self.model_dump(mode="json", exclude={"name"}))
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
     @property
     def total_samples(self) -> int:

@@ -22,6 +22,7 @@ REGISTRARS: list[str] = [
     "planner.cli_model",
     "trainer.run_cli",
     "trainer.pilot_cli",
+    "trainer.rehearse_cli",
 ]
 
 _registered = False

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner.datasets import eval_task
 from planner.errors import ClipaError
-from planner.runs import RecordedPrediction, RunResult, has_result, read_result, record_path, utcnow, write_result
+from planner.runs import RecordedPrediction, RunResult, find_record, read_result, utcnow, write_result
 from planner.spec import RunSpec
 from planner.store import atomic_write_text
 from trainer.evaluation import evaluate_run
@@ -42,13 +42,12 @@ class RunOutcome:
 
 def preflight(spec: RunSpec) -> None:
     """Problems that would only surface after training: say them before spending anything."""
-    if not spec.eval_data:
-        raise ClipaError("eval_data", f"run {spec.run_id} has no eval_data: a run must be evaluated to be recorded")
-    if not spec.data:
-        raise ClipaError("data", f"run {spec.run_id} has no training data (spec field 'data')")
-    for field, value in (("data", spec.data), ("eval_data", spec.eval_data)):
-        if "://" not in value and not Path(value).exists():
-            raise ClipaError(field, f"{value} does not exist")
+    from planner.binding import missing_bindings
+
+    for m in missing_bindings(spec):  # data, eval_data (a run must be evaluated to be recorded), tokenizer
+        if m["field"] == "tokenizer" and spec.data and "://" in spec.data:
+            continue  # the trainer looks for tokenizer.json beside bucket data
+        raise ClipaError(m["field"], f"run {spec.run_id}: {m['problem']} (supply it with {m['option']})")
 
 
 def tpu_preflight(spec: RunSpec) -> None:
@@ -135,8 +134,9 @@ def build_result(
 
 def _already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None:
     """The "skipped" outcome of a run that has a result already (runs are recorded once), else None."""
-    if has_result(spec.run_id, runs_dir):
-        return RunOutcome(spec.run_id, "skipped", read_result(record_path(spec.run_id, runs_dir)))
+    recorded = find_record(spec, runs_dir)  # also finds a record made under the spec's old run id
+    if recorded is not None:
+        return RunOutcome(spec.run_id, "skipped", read_result(recorded))
     return None
 
 
@@ -207,7 +207,7 @@ def execute_tpu_run(
 
     run_dir, started = _open_run_dir(run_dir)
     last = finished_launch(spec, run_dir, options, **launch)
-    files = finished_files(run_dir, spec.run_id)
+    files = finished_files(run_dir, (spec.run_id, spec.legacy_run_id))
     if files is None:
         raise ClipaError("eval_data", f"run {spec.run_id}: trained, but {EVAL_FILE} or {SUMMARY_FILE} of this run "
                                       f"is missing from {last.remote_run_dir}; nothing recorded")

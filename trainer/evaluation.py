@@ -21,7 +21,7 @@ from trainer.run_layout import EVAL_FILE, read_run_file
 def evaluate_run(spec: RunSpec, run_dir: Path, trained: Any | None = None, limit: int | None = None) -> dict[str, Any]:
     """Zero-shot top-1/top-5 (and retrieval) of the run's final model on ``spec.eval_data``; cached in eval.json."""
     # a torn file from an old crash reads as none: evaluate again (writes are atomic now)
-    if (cached := read_run_file(run_dir, EVAL_FILE, spec.run_id)) is not None:
+    if (cached := read_run_file(run_dir, EVAL_FILE, (spec.run_id, spec.legacy_run_id))) is not None:
         return cached
     from trainer.data.zeroshot import evaluate
     from trainer.embed import embed_images, embed_texts

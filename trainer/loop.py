@@ -289,8 +289,10 @@ def preflight(spec: RunSpec, mesh) -> None:
             ckpt.resolve_checkpoint(st.init.split(":", 1)[1], field=f"stages[{i}].init")
 
 
-def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
-    """Refuse a run directory that holds another spec's run; write the spec into a new one."""
+def check_run_dir(spec: RunSpec, run_dir: Path) -> RunSpec | None:
+    """Refuse a run directory that holds another spec's run; write the spec into a new one. A folder of the same run
+    (same run id) with other execution settings (micro-batch, remat, cadences, data locations, ...) is resumed: its
+    spec file is replaced by this one and the folder's previous spec is returned, so the caller can log the change."""
     path = run_dir / SPEC_FILE
     if path.exists():
         try:
@@ -303,12 +305,15 @@ def check_run_dir(spec: RunSpec, run_dir: Path) -> None:
                 f"{run_dir} holds run {old.run_id} ({old.model}: {old.schedule}), not this spec's run {spec.run_id}; "
                 "use another --run-dir (a run directory belongs to one spec)",
             )
-        return
+        if old != spec and jax.process_index() == 0:
+            spec.write(path)
+        return old
     if (run_dir / CHECKPOINT_DIR).exists() and any((run_dir / CHECKPOINT_DIR).iterdir()):
         raise ClipaError("run_dir", f"{run_dir} has checkpoints but no {SPEC_FILE}; use another --run-dir")
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         spec.write(path)
+    return None
 
 
 def check_batch(batch: Any, stage: Stage, stage_index: int, local: int) -> dict[str, np.ndarray]:
@@ -514,13 +519,15 @@ def train(
     pidx, pcount = jax.process_index(), jax.process_count()
     primary = pidx == 0
     preflight(spec, mesh)
-    check_run_dir(spec, run_dir)
+    previous_spec = check_run_dir(spec, run_dir)
     store = ckpt.Checkpoints(run_dir / CHECKPOINT_DIR, max_to_keep=max_to_keep)
 
     # ---- where to start ------------------------------------------------------------------------------------------
     latest = store.latest_step()
     meta = store.meta(latest) if latest is not None else None
-    if meta is not None and meta.get("run_id") != spec.run_id:
+    # checkpoints written before run ids covered only what is learned carry the spec's old id (RunSpec.legacy_run_id)
+    own_ids = {spec.run_id, spec.legacy_run_id} | ({previous_spec.legacy_run_id} if previous_spec else set())
+    if meta is not None and meta.get("run_id") not in own_ids:
         raise ClipaError("run_dir", f"checkpoint {latest} in {run_dir} belongs to run {meta.get('run_id')}, "
                                     f"not {spec.run_id}")
     start_stage, start_step, global_step = 0, 0, 0
@@ -547,7 +554,12 @@ def train(
     tele = Telemetry(run_dir, total_steps, primary=primary, progress=progress,
                      resume_global_step=global_step if meta is not None else None)
     if meta is not None:
-        tele.event({"kind": "resume", "global_step": global_step, "stage": start_stage, "stage_step": start_step})
+        changed = spec.execution_changes(previous_spec) if previous_spec is not None else {}
+        tele.event({"kind": "resume", "global_step": global_step, "stage": start_stage, "stage_step": start_step,
+                    **({"changed": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}} if changed else {})})
+        if changed:
+            _say("resuming with changed execution settings: "
+                 + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), progress)
     stop = _StopFlag(handle_signals)
     hooks = StepHooks(spec, run_dir, store, tele, cost, stop, n_dev, last_saved=latest)
     final_loss = None

@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="print the recorded results as JSON")] = False,
         dry_run: DryRunOpt = False,
+        data: Annotated[Optional[str], typer.Option("--data", help="training shards, replacing the plan's (folder, brace pattern, gs:// or s3:// URL)")] = None,
+        eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="evaluation set, replacing the plan's (wnid class folders or shards with 'cls')")] = None,
+        tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json, replacing the plan's")] = None,
         # --backend tpu: the options of `clipa tpu run` (trainer/tpu/README.md); every spec runs on its own slice
         # named clipa-<run id>, in the run dir BUCKET/clipa-<run id>.
         project: ProjectOpt = None,
@@ -78,11 +81,17 @@ def register(app: typer.Typer) -> None:
         slices cost, preempted ones included. --dry-run prints what each run would do and does nothing.
         """
         from planner.cli import print_json
-        from planner.runs import RecordedPrediction, has_result
+        from planner.runs import RecordedPrediction, find_record, run_folder
 
         if backend not in ("local", "tpu"):
             raise ClipaError("backend", f"{backend!r} is not 'local' or 'tpu'")
         plan_id, runs = _targets(target)
+        if data or eval_data or tokenizer:  # locations are not part of the run id: the runs stay the same runs
+            from planner.binding import bind_spec, resolve_binding
+
+            runs = [(bind_spec(spec, resolve_binding(spec.dataset, data, eval_data, tokenizer, catalog={},
+                                                discover_tokenizer=False)), pred)
+                    for spec, pred in runs]
         if not runs:
             raise ClipaError("plan", f"{target} lists no runs")
         root = _runs_root(run_dir)
@@ -107,8 +116,8 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             plan_out = []
             for spec, _ in runs:
-                item = {"run_id": spec.run_id, "run_dir": str(root / spec.run_id)}
-                if has_result(spec.run_id):
+                item = {"run_id": spec.run_id, "run_dir": str(run_folder(root, spec))}
+                if find_record(spec) is not None:
                     item["action"] = "skip (already recorded)"
                 elif backend == "local":
                     item["action"] = "train locally, evaluate, record"
@@ -117,7 +126,7 @@ def register(app: typer.Typer) -> None:
 
                     options, workers = launch[spec.run_id]
                     item["action"] = "train on a TPU slice, fetch eval.json, record"
-                    item["launch"] = tpu_dry_run(spec, root / spec.run_id, options, workers=workers)
+                    item["launch"] = tpu_dry_run(spec, run_folder(root, spec), options, workers=workers)
                 plan_out.append(item)
             from trainer.tpu.launcher import print_json as print_commands
 
@@ -134,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 from trainer.closed_loop import execute_tpu_run
 
                 options, workers = launch[spec.run_id]
-                out = execute_tpu_run(spec, root / spec.run_id, options, prediction=prediction, plan_id=plan_id,
+                out = execute_tpu_run(spec, run_folder(root, spec), options, prediction=prediction, plan_id=plan_id,
                                       workers=workers)
             else:
                 out = _execute_local(spec, root, prediction, plan_id, progress, eval_limit)
@@ -147,13 +156,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _execute_local(spec, root: Path, prediction, plan_id, progress: bool, eval_limit: int | None):
+    from planner.runs import run_folder
     from trainer.closed_loop import execute_run
     from trainer.loop import TrainingInterrupted
     from trainer.telemetry import NonFiniteError
     from trainer.train_cli import EXIT_NON_FINITE
 
     try:
-        return execute_run(spec, root / spec.run_id, prediction=prediction, plan_id=plan_id, progress=progress,
+        return execute_run(spec, run_folder(root, spec), prediction=prediction, plan_id=plan_id, progress=progress,
                            eval_limit=eval_limit)
     except NonFiniteError as e:  # as `clipa train` reports them: one line, no traceback
         sys.stderr.write(f"error: run {spec.run_id}: {e}\n")

@@ -47,10 +47,13 @@ def earlier_outcome_file(n: int) -> str:
 
 
 def default_run_dir(spec) -> Path:
-    """``runs/<run_id>`` under the project root (``CLIPA_HOME``)."""
+    """``runs/<run_id>`` under the project root (``CLIPA_HOME``), or the folder of the same run started under its
+    legacy id."""
     from planner.paths import project_root
 
-    return project_root() / "runs" / spec.run_id
+    from planner.runs import run_folder
+
+    return run_folder(project_root() / "runs", spec)  # runs/<run id>, or a folder started under the old id
 
 
 def local_run_dir(run_dir: str | Path) -> Path:
@@ -74,17 +77,18 @@ def run_dir_of(path: Path) -> Path | None:
     return None
 
 
-def read_run_file(run_dir: Path, name: str, run_id: str) -> dict[str, Any] | None:
-    """A JSON file of the run folder (``EVAL_FILE``, ``SUMMARY_FILE``) when it belongs to run ``run_id``; None when it
-    is missing, unreadable (a torn write) or another run's."""
+def read_run_file(run_dir: Path, name: str, run_id: str | tuple[str, ...]) -> dict[str, Any] | None:
+    """A JSON file of the run folder (``EVAL_FILE``, ``SUMMARY_FILE``) when it belongs to run ``run_id`` (one id, or
+    the run's ids: current and legacy); None when it is missing, unreadable (a torn write) or another run's."""
+    ids = (run_id,) if isinstance(run_id, str) else tuple(run_id)
     try:
         doc = json.loads((Path(run_dir) / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("run_id") == run_id else None
+    return doc if isinstance(doc, dict) and doc.get("run_id") in ids else None
 
 
-def finished_files(run_dir: Path, run_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def finished_files(run_dir: Path, run_id: str | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(eval.json, train_summary.json) of run ``run_id``: what a trained and evaluated run leaves at the top level
     (and the TPU launcher fetches); None when either is missing or another run's."""
     ev, summary = read_run_file(run_dir, EVAL_FILE, run_id), read_run_file(run_dir, SUMMARY_FILE, run_id)

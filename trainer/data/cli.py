@@ -62,12 +62,15 @@ def synth_cmd(
         )
 
 
+TOKENIZER_SAMPLE = 200_000  # captions: enough for an 8k-49k BPE vocabulary, read from the first shards only
+
+
 @data_app.command("tokenizer")
 def tokenizer_cmd(
     data: Annotated[str, typer.Option("--data", "-d", help="dataset: shard folder, brace pattern or bucket URL")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary size")] = 8_192,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output file (default: DATA/tokenizer.json)")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="train on at most this many captions")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="train on the first this many captions (a sample: web-scale data need not be read whole)")] = TOKENIZER_SAMPLE,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Train a CLIP-convention byte-level BPE tokenizer (lower-cased, <pad>=0, start/end at the top ids) on a
@@ -82,9 +85,10 @@ def tokenizer_cmd(
         out = p / "tokenizer.json"
     t0 = time.perf_counter()
     counted = {"n": 0}
+    seen: dict[str, int] = {}
 
     def captions():
-        for c in captions_from_shards(data, limit):
+        for c in captions_from_shards(data, limit, seen):
             counted["n"] += 1
             yield c
 
@@ -92,12 +96,13 @@ def tokenizer_cmd(
     if counted["n"] == 0:
         raise ClipaError("data", f"no captions found in {data}")
     tok.save(out)
-    info = tokenizer_info(tok) | {"path": str(out), "captions": counted["n"],
-                                  "seconds": round(time.perf_counter() - t0, 2)}
+    info = tokenizer_info(tok) | {"path": str(out), "captions": counted["n"], "shards_read": seen.get("shards", 0),
+                                  "shards": seen.get("of", 0), "seconds": round(time.perf_counter() - t0, 2)}
     if json_out:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
     else:
-        sys.stdout.write(f"trained on {info['captions']} captions: {out} (vocab {info['vocab_size']})\n")
+        sys.stdout.write(f"trained on {info['captions']} captions read from {info['shards_read']} of "
+                         f"{info['shards']} shards: {out} (vocab {info['vocab_size']})\n")
 
 
 @data_app.command("check")

@@ -441,6 +441,8 @@ class EvalSource:
         self.templates: list[str] | None = None
         self._files: list[tuple[str, int]] | None = None
         self._shards: list[str] | None = None
+        self.layout = "shards"  # or "folders" (trainer.data.imagenet: the layouts and their rules)
+        self.imagenet = False  # class names are ImageNet-1k's
         p = Path(self.path)
         if p.is_dir() and not any(p.glob("*.tar")) and (p / "eval").is_dir():
             p = p / "eval"  # a synth dataset root
@@ -459,6 +461,11 @@ class EvalSource:
                 self._find_metadata(folder)
             else:
                 self._find_metadata(str(p if p.is_dir() else p.parent))
+            if self.classnames is None:  # shards with 'cls' and no classes.txt: ImageNet-1k indices
+                from trainer.data.zeroshot import imagenet_classnames, openai_templates
+
+                self.classnames, self.imagenet = imagenet_classnames(), True
+                self.templates = self.templates or openai_templates()
 
     @property
     def has_captions(self) -> bool:
@@ -480,9 +487,11 @@ class EvalSource:
                 self.templates = load_templates(_join(d, "templates.txt"))
 
     def _init_folder(self, root: Path) -> None:
+        from trainer.data.imagenet import check_class_folders
+
+        self.layout = "folders"
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not classes:
-            raise ClipaError("eval_data", f"{root} has neither shards nor class subfolders")
+        wnids = check_class_folders(root, classes)
         files = []
         for i, c in enumerate(classes):
             for f in sorted((root / c).iterdir()):
@@ -491,9 +500,9 @@ class EvalSource:
         self._files = files[self.process_index :: self.process_count]
         self._find_metadata(str(root))
         if self.classnames is None:
-            if len(classes) == 1000 and all(c.startswith("n") and c[1:].isdigit() for c in classes):
+            if wnids:
                 # ImageNet's folders are WordNet ids; their sorted order is the standard class index order
-                self.classnames = imagenet_classnames()
+                self.classnames, self.imagenet = imagenet_classnames(), True
                 self.templates = self.templates or openai_templates()
             else:
                 self.classnames = [c.replace("_", " ") for c in classes]

@@ -86,6 +86,10 @@ class ClipTokenizer:
         added = (tokenizer.get_added_tokens_decoder().values()
                  if hasattr(tokenizer, "get_added_tokens_decoder") else None)
         self._added = None if added is None else [a.content for a in added] + [a.content.lower() for a in added]
+        # the id text outside the vocabulary maps to (WordLevel/WordPiece models); None for byte-level BPE, which
+        # encodes any text. Used to tell a tokenizer made for other data (clipa rehearse).
+        unk = getattr(tokenizer.model, "unk_token", None)
+        self.unknown_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
 
     # --- loading / saving -------------------------------------------------------------------------------------
     @classmethod
@@ -241,12 +245,18 @@ def find_tokenizer(explicit: str | None, data: str | None) -> str:
     )
 
 
-def captions_from_shards(data: str, limit: int | None = None) -> Iterable[str]:
-    """Every caption in a dataset's shards, in shard order (for tokenizer training)."""
+def captions_from_shards(data: str, limit: int | None = None, seen: dict[str, int] | None = None) -> Iterable[str]:
+    """Every caption in a dataset's shards (any source ``list_shards`` reads: folder, brace pattern, bucket URL), in
+    shard order, up to ``limit`` (for tokenizer training). ``seen`` counts the shards opened and of how many."""
     from trainer.data.reader import iter_shard_samples, list_shards
 
     n = 0
-    for url in list_shards(data):
+    urls = list_shards(data)
+    if seen is not None:
+        seen.update(shards=0, of=len(urls))
+    for url in urls:
+        if seen is not None:
+            seen["shards"] += 1
         for sample in iter_shard_samples(url, stats=None):
             raw = sample.get("txt")
             if raw is None:

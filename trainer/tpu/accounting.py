@@ -37,7 +37,7 @@ def finished_launch(spec: RunSpec, run_dir: Path, options: TpuOptions, **launch:
     ClipaError saying why (nothing is recorded; its record stays in RUN_DIR/tpu)."""
     tpu_dir = run_dir / LAUNCHER_DIR
     last = read_outcome(tpu_dir / OUTCOME_FILE)
-    if last is not None and not (last.status == "succeeded" and finished_files(run_dir, spec.run_id)):
+    if last is not None and not (last.status == "succeeded" and finished_files(run_dir, (spec.run_id, spec.legacy_run_id))):
         # An earlier launch that did not finish (failed, interrupted, killed): keep its record, it was paid for.
         n = 1 + sum(1 for _ in tpu_dir.glob(EARLIER_OUTCOME_GLOB))
         (tpu_dir / OUTCOME_FILE).replace(tpu_dir / earlier_outcome_file(n))
