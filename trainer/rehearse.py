@@ -149,7 +149,6 @@ def check_tokenizer(spec: RunSpec) -> str:
 
 
 def check_eval(spec: RunSpec) -> str:
-    from trainer.data.imagenet import check_eval_layout
 
     return check_eval_layout(spec.eval_data, spec.stages[-1].image_res, limit=EVAL_LIMIT)
 
@@ -237,3 +236,33 @@ def rehearse_run(spec: RunSpec, out: Path, say: Callable[[str], None] = print) -
         c["detail"] = (f"zero-shot top-1 {100 * ev['top1']:.1f}% on {ev['n']} images, {ev['classes']} classes "
                        "(a tiny tower after a few steps: the number only shows the path works)")
     return r
+
+
+def check_eval_layout(path: str | None, image_res: int, limit: int = 256) -> str:
+    """Read the first ``limit`` images of an evaluation set; what was found, or a ClipaError naming the layout."""
+    from trainer.data.imagenet import EXPECTED_LAYOUT
+    from trainer.data.pipeline import make_eval_source
+
+    if not path:
+        raise ClipaError("eval_data", f"no evaluation set bound: {EXPECTED_LAYOUT}")
+    if "://" not in path and "{" not in path and not Path(path).exists():
+        raise ClipaError("eval_data", f"{path} does not exist: {EXPECTED_LAYOUT}")
+    source = make_eval_source(path, image_res, batch_size=64, limit=limit, decode_threads=0)
+    n = labelled = 0
+    top = -1
+    for batch in source:
+        labels = batch["labels"]
+        n += len(labels)
+        labelled += int((labels >= 0).sum())
+        top = max(top, int(labels.max()))
+    if n == 0:
+        stats = source.stats()
+        raise ClipaError("eval_data", f"no image could be read from {path} ({stats or 'empty'}): {EXPECTED_LAYOUT}")
+    if labelled == 0:
+        raise ClipaError("eval_data", f"{path}: the samples carry no class label: {EXPECTED_LAYOUT}")
+    classes = len(source.classnames or [])
+    if top >= classes:
+        raise ClipaError("eval_data", f"{path}: class label {top} but only {classes} class names")
+    kind = "class folders" if source.layout == "folders" else "shards"
+    wn = " (WordNet ids, ImageNet-1k names)" if source.layout == "folders" and source.imagenet else ""
+    return f"{path}: {kind}{wn}, {classes} classes, {labelled} labelled images read"

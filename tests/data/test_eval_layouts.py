@@ -13,9 +13,10 @@ from data_helpers import image_bytes, sample_members, write_tar
 from planner.cli import run_app
 from planner.errors import ClipaError
 from trainer.cli import build_app
-from trainer.data.imagenet import EXPECTED_LAYOUT, check_eval_layout
+from trainer.data.imagenet import EXPECTED_LAYOUT
+from trainer.rehearse import check_eval_layout
 from trainer.data.pipeline import make_eval_source
-from trainer.data.zeroshot import imagenet_classnames
+from trainer.data.prompts import imagenet_classnames
 
 WNIDS = [f"n{1440764 + 7 * i:08d}" for i in range(1000)]  # 1000 distinct WordNet-id-shaped names, sorted
 

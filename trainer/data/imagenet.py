@@ -40,32 +40,3 @@ def check_class_folders(root: Path, classes: list[str]) -> bool:
                                       + (f" and others ({', '.join(other)})" if other else "")
                                       + f": {EXPECTED_LAYOUT}")
     return True
-
-
-def check_eval_layout(path: str | None, image_res: int, limit: int = 256) -> str:
-    """Read the first ``limit`` images of an evaluation set; what was found, or a ClipaError naming the layout."""
-    from trainer.data.pipeline import make_eval_source
-
-    if not path:
-        raise ClipaError("eval_data", f"no evaluation set bound: {EXPECTED_LAYOUT}")
-    if "://" not in path and "{" not in path and not Path(path).exists():
-        raise ClipaError("eval_data", f"{path} does not exist: {EXPECTED_LAYOUT}")
-    source = make_eval_source(path, image_res, batch_size=64, limit=limit, decode_threads=0)
-    n = labelled = 0
-    top = -1
-    for batch in source:
-        labels = batch["labels"]
-        n += len(labels)
-        labelled += int((labels >= 0).sum())
-        top = max(top, int(labels.max()))
-    if n == 0:
-        stats = source.stats()
-        raise ClipaError("eval_data", f"no image could be read from {path} ({stats or 'empty'}): {EXPECTED_LAYOUT}")
-    if labelled == 0:
-        raise ClipaError("eval_data", f"{path}: the samples carry no class label: {EXPECTED_LAYOUT}")
-    classes = len(source.classnames or [])
-    if top >= classes:
-        raise ClipaError("eval_data", f"{path}: class label {top} but only {classes} class names")
-    kind = "class folders" if source.layout == "folders" else "shards"
-    wn = " (WordNet ids, ImageNet-1k names)" if source.layout == "folders" and source.imagenet else ""
-    return f"{path}: {kind}{wn}, {classes} classes, {labelled} labelled images read"

@@ -462,7 +462,7 @@ class EvalSource:
             else:
                 self._find_metadata(str(p if p.is_dir() else p.parent))
             if self.classnames is None:  # shards with 'cls' and no classes.txt: ImageNet-1k indices
-                from trainer.data.zeroshot import imagenet_classnames, openai_templates
+                from trainer.data.prompts import imagenet_classnames, openai_templates
 
                 self.classnames, self.imagenet = imagenet_classnames(), True
                 self.templates = self.templates or openai_templates()
