@@ -81,6 +81,11 @@ def test_preempted_job_is_resubmitted_resumed_and_recorded_once(tmp_path, slurm,
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resumes = [row for row in rows if row.get("kind") == "resume"]
     assert len(resumes) == 1 and resumes[0]["global_step"] >= 4
+    # Each job's log starts with what the trainer runs on (here: the CPU, float32), the first one ends with the
+    # trainer's SIGTERM checkpoint.
+    log1, log2 = ((run_dir / "slurm" / f"job-{j}.out").read_text() for j in ("1000", "1001"))
+    assert "cpu: 1 device(s) (cpu) in 1 process(es), compute float32" in log1 and "SIGTERM" in log1
+    assert "cpu: 1 device(s) (cpu) in 1 process(es), compute float32" in log2
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 120
     # What clipa ran: sbatch twice, squeue/sacct to follow; never scancel (nothing needed cancelling).

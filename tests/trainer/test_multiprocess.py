@@ -87,6 +87,8 @@ def test_two_processes_train_like_one(tmp_path, one_process_run, join):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
         assert '"processes": 2, "devices": 8' in out
+    assert "cpu: 8 device(s) (cpu) in 2 process(es), compute float32" in outs[0][1]  # said by process 0 only
+    assert "device(s)" not in outs[1][1]
 
     one = [r["loss"] for r in read_metrics(one_process_run) if r["kind"] == "step"]
     two = [r["loss"] for r in read_metrics(tmp_path / "two") if r["kind"] == "step"]  # written by process 0 only
