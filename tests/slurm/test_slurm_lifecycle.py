@@ -155,6 +155,7 @@ def _jobs_or_none(state: Path) -> list[dict]:
     (["--time", "1 day"], "time"),
     (["--nodes", "0"], "nodes"),
     (["--hardware", "tpu-v5e"], "hardware"),
+    (["--gpus-per-node", "3"], "stages[0].batch_size"),  # batch 8 over 3 GPUs
 ])
 def test_bad_options_are_one_line(tmp_path, tiny_data, slurm, isolated_home, args, field):
     bin_dir, state = slurm
@@ -170,3 +171,28 @@ def test_bad_options_are_one_line(tmp_path, tiny_data, slurm, isolated_home, arg
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), lines
     assert _calls(state) == []
+
+
+@pytest.mark.slow  # one training job (~40 s)
+def test_a_killed_launcher_follows_its_job_when_rerun(tmp_path, slurm, tiny_data, isolated_home):
+    """`clipa run` SIGKILLed while its job runs (no chance to cancel it): rerun, it follows that job instead of
+    submitting another, and records it with the job's cost."""
+    bin_dir, state = slurm
+    spec_path = write_spec(tmp_path / "spec.json", tiny_data, steps=120)
+    env = env_with(bin_dir, CLIPA_HOME=str(isolated_home))
+    argv = [*CLIPA, "run", str(spec_path), *SLURM_ARGS, "--run-dir", str(tmp_path / "runs"), "--json"]
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(j["state"] == "RUNNING" for j in _jobs_or_none(state)):
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    assert [j["state"] for j in all_jobs(state)] == ["RUNNING"]
+    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "following job 1000 (attempt 1)" in again.stderr
+    r = json.loads(again.stdout)["results"][0]
+    assert [c[0] for c in _calls(state)].count("sbatch") == 1
+    assert [j["state"] for j in all_jobs(state)] == ["COMPLETED"]
+    assert r["extra"]["slurm_jobs"] == "1000" and r["device_hours"] > 0
+    _assert_nothing_left(state)

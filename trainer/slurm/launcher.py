@@ -191,68 +191,87 @@ class Launch:
                     raise ClipaError("backend", f"job {a.job_id} left the queue but sacct does not report its end")
                 self.sleep(min(self.options.poll_interval_s, 10.0))
                 continue
-            a.state, a.exit_code, a.ended_at = final, acct["exit_code"], time.time()
-            a.elapsed_s = float(acct["elapsed"] or 0)
-            a.nodes = int(acct["nodes"] or 0)
-            a.gpu_hours = a.elapsed_s * a.nodes * self.options.gpus_per_node / 3600.0
-            a.cost_usd = a.gpu_hours * self.price
+            self._account(a, acct)
             self._save()
             return
 
+    def settle(self) -> None:
+        """Final accounting of attempts whose end this launcher (or a killed earlier one) did not see: a run found
+        finished in the run folder is recorded with what all of its jobs cost."""
+        for a in self.outcome.attempts:
+            if a.state is None:
+                self._follow(a)
+
     def run(self, finished: Callable[[], bool]) -> SlurmRunOutcome:
         """Submit and follow attempts until ``finished()`` (the run folder has the trainer's results) or a failure.
-        Returns the outcome (status succeeded or failed); Ctrl-C/SIGTERM cancel the current job and re-raise."""
-        self.outcome.status, self.outcome.error = "running", None
+        Returns the outcome (status succeeded or failed); Ctrl-C/SIGTERM/SIGHUP cancel the current job and
+        re-raise."""
+        from trainer.tpu.launcher import signals_deferred, signals_raise_interrupt  # the TPU launcher's, reused
+
+        o, opts = self.outcome, self.options
+        o.status, o.error = "running", None
+        o.nodes, o.gpus_per_node, o.usd_per_gpu_hour = opts.nodes, opts.gpus_per_node, self.price
         self.write_files()
         self._save()
-        current: SlurmAttempt | None = None
+        self._current: SlurmAttempt | None = None
         try:
-            while True:
-                last = self.outcome.attempts[-1] if self.outcome.attempts else None
-                if last is not None and last.state is None:
-                    current = last  # submitted by an earlier launcher that was killed: follow it
-                    self.say(f"following job {last.job_id} (attempt {last.index})")
-                elif len(self.outcome.attempts) >= self.options.max_attempts:
-                    return self._end("failed", f"{len(self.outcome.attempts)} jobs submitted (--max-attempts), the "
-                                               f"last ended {last.state if last else '?'}")
-                else:
-                    current = SlurmAttempt(index=len(self.outcome.attempts) + 1, job_id=self._submit(),
-                                           submitted_at=time.time())
-                    self.outcome.attempts.append(current)
-                    self._save()
-                    self.say(f"submitted job {current.job_id} (attempt {current.index}) for run {self.spec.run_id}")
-                self._follow(current)
-                a, current = current, None
-                self.say(f"job {a.job_id} ended {a.state} (exit {a.exit_code}) after {a.elapsed_s:.0f} s")
-                if a.state == "COMPLETED":
-                    if finished():
-                        return self._end("succeeded")
-                    return self._end("failed", f"job {a.job_id} completed but the run folder {self.run_dir} has no "
-                                               f"results (the jobs' logs are in {self.dir})")
-                if a.state in RESUBMIT or _interrupted(a):
-                    continue  # resubmit: the trainer resumes from the last checkpoint
-                return self._end("failed", f"job {a.job_id} ended {a.state} (exit {a.exit_code}); its log is "
-                                           f"{self.dir / f'job-{a.job_id}.out'}")
+            with signals_raise_interrupt():
+                return self._loop(finished)
         except BaseException:
-            if current is not None and current.state is None:
-                self.say(f"cancelling job {current.job_id}")
-                self._cancel(current.job_id)
-                try:
-                    self._follow_briefly(current)
-                finally:
-                    self.outcome.status = "interrupted"
+            a = self._current
+            if a is not None and a.state is None:
+                with signals_deferred(self.say):  # a second Ctrl-C must not leave the job running
+                    self.say(f"cancelling job {a.job_id}")
+                    self._cancel(a.job_id)
+                    self._follow_briefly(a)
+                    o.status = "interrupted"
                     self._save()
             raise
+
+    def _loop(self, finished: Callable[[], bool]) -> SlurmRunOutcome:
+        o = self.outcome
+        while True:
+            last = o.attempts[-1] if o.attempts else None
+            if last is not None and last.state is None:
+                self._current = last  # submitted by an earlier launcher that was killed: follow it
+                self.say(f"following job {last.job_id} (attempt {last.index})")
+            elif len(o.attempts) >= self.options.max_attempts:
+                return self._end("failed", f"{len(o.attempts)} jobs submitted (--max-attempts), the last ended "
+                                           f"{last.state if last else '?'}")
+            else:
+                self._current = SlurmAttempt(index=len(o.attempts) + 1, job_id=self._submit(),
+                                             submitted_at=time.time())
+                o.attempts.append(self._current)
+                self._save()
+                self.say(f"submitted job {self._current.job_id} (attempt {self._current.index}) for run "
+                         f"{self.spec.run_id}")
+            a = self._current
+            self._follow(a)
+            self._current = None
+            self.say(f"job {a.job_id} ended {a.state} (exit {a.exit_code}) after {a.elapsed_s:.0f} s")
+            if a.state == "COMPLETED":
+                if finished():
+                    return self._end("succeeded")
+                return self._end("failed", f"job {a.job_id} completed but the run folder {self.run_dir} has no "
+                                           f"results (the jobs' logs are in {self.dir})")
+            if a.state in RESUBMIT or _interrupted(a):
+                continue  # resubmit: the trainer resumes from the last checkpoint
+            return self._end("failed", f"job {a.job_id} ended {a.state} (exit {a.exit_code}); its log is "
+                                       f"{self.dir / f'job-{a.job_id}.out'}")
+
+    def _account(self, a: SlurmAttempt, acct: dict[str, str]) -> None:
+        """An ended job's state and cost from its sacct line: elapsed x nodes x GPUs per node = GPU-hours."""
+        a.state, a.exit_code, a.ended_at = acct["state"].split(" ")[0], acct["exit_code"], time.time()
+        a.elapsed_s, a.nodes = float(acct["elapsed"] or 0), int(acct["nodes"] or 0)
+        a.gpu_hours = a.elapsed_s * a.nodes * self.options.gpus_per_node / 3600.0
+        a.cost_usd = a.gpu_hours * self.price
 
     def _follow_briefly(self, a: SlurmAttempt) -> None:
         """After scancel: the attempt's final accounting if SLURM has it within a few polls (it was paid for)."""
         for _ in range(5):
             acct = self._accounting(a.job_id)
             if acct and acct["state"].split(" ")[0] not in ACTIVE:
-                a.state, a.exit_code, a.ended_at = acct["state"].split(" ")[0], acct["exit_code"], time.time()
-                a.elapsed_s, a.nodes = float(acct["elapsed"] or 0), int(acct["nodes"] or 0)
-                a.gpu_hours = a.elapsed_s * a.nodes * self.options.gpus_per_node / 3600.0
-                a.cost_usd = a.gpu_hours * self.price
+                self._account(a, acct)
                 return
             time.sleep(1.0)
 

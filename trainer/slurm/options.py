@@ -96,6 +96,16 @@ def slurm_options(spec, *, nodes: int, gpus_per_node: int, partition: str | None
                                      "--hardware with a GPU profile, e.g. a100-80gb)")
     price_name = pricing or spec.pricing
     hw.price(price_name)  # a ClipaError naming the pricing if the profile has no such price
+    tasks = nodes * gpus_per_node
+    if tasks > 0:  # as trainer.mesh.check_layout will on the nodes, before a job waits in the queue for nothing
+        for i, st in enumerate(spec.stages):
+            if st.batch_size % tasks:
+                raise ClipaError(f"stages[{i}].batch_size", f"{st.batch_size} is not divisible by the {tasks} GPUs "
+                                                            "(--nodes x --gpus-per-node)")
+        mb = spec.train.micro_batch
+        if mb is not None and mb % tasks:
+            raise ClipaError("train.micro_batch", f"{mb} is not divisible by the {tasks} GPUs (--nodes x "
+                                                  "--gpus-per-node)")
     try:
         return SlurmOptions(nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, account=account, qos=qos,
                             time=time, hardware=hw.name, pricing=price_name, clipa=clipa or default_clipa(),

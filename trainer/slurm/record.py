@@ -38,6 +38,7 @@ def execute_slurm_run(spec: RunSpec, run_dir: Path, options: SlurmOptions,
                                         f"in {run_dir / LAUNCH_DIR / OUTCOME_FILE})")
         files = _finished_files(spec, run_dir)
     ev, summary = files
+    job.settle()  # jobs whose end was not seen (a clipa run killed after the run finished) are accounted too
     out = job.outcome
     out.total()
     from planner.hardware import get_hardware
