@@ -85,13 +85,6 @@ def register(app: typer.Typer) -> None:
         from trainer.loop import TrainingInterrupted, local_run_dir, train
 
         rd = local_run_dir(run_dir if run_dir is not None else default_run_dir(s))
-        import jax
-
-        from trainer.mesh import describe_devices
-        from trainer.model import resolve_compute_dtype
-
-        if jax.process_index() == 0:  # which devices this run got, before the first compile
-            sys.stderr.write(describe_devices(resolve_compute_dtype(s.train.compute_dtype)) + "\n")
         _enable_compile_cache(rd)
         from trainer.synthetic import make_synthetic_source
         from trainer.telemetry import NonFiniteError
@@ -111,6 +104,8 @@ def register(app: typer.Typer) -> None:
             "final_loss": result.final_loss,
             "cost": result.cost,
         }
+        import jax
+
         if jax.process_index() == 0:
             from planner.store import atomic_write_text
 
