@@ -87,12 +87,10 @@ def sbatch(args: list[str]) -> int:
     preempt = os.environ.get("FAKE_SLURM_PREEMPT_AFTER_CHECKPOINT") if job_id == "1000" else None
     _write_job({"id": job_id, "state": "PENDING", "exit_code": "0:0", "nodes": nodes, "tasks": nodes * per_node,
                 "tasks_per_node": per_node, "submitted": time.time(), "start": None, "end": None, "pgid": None,
-                "runner_pid": None, "output": output, "preempt_after_checkpoint": preempt})
-    runner = subprocess.Popen([sys.executable, __file__, "_run", job_id, str(script)], start_new_session=True,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    job = read_job(job_id)
-    job["runner_pid"] = runner.pid
-    _write_job(job)
+                "output": output, "preempt_after_checkpoint": preempt})
+    # The job table is written by this runner alone from now on (scancel leaves a flag file for it).
+    subprocess.Popen([sys.executable, __file__, "_run", job_id, str(script)], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(job_id if "--parsable" in args else f"Submitted batch job {job_id}")
     return 0
 

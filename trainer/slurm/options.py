@@ -15,11 +15,11 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planner.errors import ClipaError, from_validation_error
+# --max-attempts and --poll-interval of `clipa run` are shared with --backend tpu: their defaults are defined there.
+from trainer.tpu.cli import DEFAULT_MAX_ATTEMPTS, DEFAULT_POLL_INTERVAL_S
 
 DEFAULT_NODES = 1
 DEFAULT_GPUS_PER_NODE = 8
-DEFAULT_MAX_ATTEMPTS = 20  # as the --max-attempts and --poll-interval of `clipa run`, shared with --backend tpu
-DEFAULT_POLL_INTERVAL_S = 60.0
 
 # SLURM partition/account/QOS names: letters, digits, '_', '-', '.' (no spaces, no shell or sbatch syntax).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
