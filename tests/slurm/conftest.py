@@ -1,17 +1,13 @@
-"""The fake SLURM (``fake_slurm.py``) on PATH, a tiny dataset, and a spec that trains long enough to be preempted."""
+"""Fixtures of the SLURM tests: a fresh fake SLURM (``fake_slurm.py``) per test, and one tiny generated dataset."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_slurm, slurm_helpers
 
 import fake_slurm  # noqa: E402
 
@@ -31,26 +27,3 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("slurm_data") / "tiny"
     write_synth(out, samples=96, eval_samples=64, resolution=16, shard_size=48, vocab_size=300)
     return out
-
-
-def write_spec(path: Path, data: Path, steps: int) -> Path:
-    """mu/8 at 16 px, batch 8, ``steps`` steps, a checkpoint every 4 (so that there is one to resume from)."""
-    spec = {"name": "slurm-demo", "model": "mu/8", "dataset": "local:tiny", "hardware": "cpu-2core",
-            "pricing": "on-demand", "seed": 0, "data": str(data / "train"), "eval_data": str(data / "eval"),
-            "tokenizer": str(data / "tokenizer.json"),
-            "stages": [{"samples": 8 * steps, "batch_size": 8, "image_res": 16, "text_len": 8, "lr_base": 0.01,
-                        "init": "scratch"}],
-            "train": {"checkpoint_every_steps": 4, "log_every_steps": 1}}
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def env_with(bin_dir: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for k in [k for k in env if k.startswith("SLURM")]:  # a test run inside a real SLURM job
-        del env[k]
-    env.update(extra)
-    return env

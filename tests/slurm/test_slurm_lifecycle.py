@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, env_with, write_spec
+from slurm_helpers import REPO, env_with, write_spec
 from fake_slurm import all_jobs
 
 from planner.hardware import get_hardware
