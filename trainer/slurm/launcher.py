@@ -1,6 +1,6 @@
 """Submit a spec's training to SLURM, follow it, resubmit after preemption/node failure/time limit, account for it.
 
-``run_on_slurm`` writes ``RUN_DIR/slurm/{spec.json,job.sbatch}``, submits the script with ``sbatch``, follows the job
+``Launch.run`` writes ``RUN_DIR/slurm/{spec.json,job.sbatch}``, submits the script with ``sbatch``, follows the job
 with ``squeue`` (while it is queued or running) and ``sacct`` (its final state, exit code, elapsed time, nodes), and
 submits it again when it ended in a way a resumed job fixes: preempted, node failure, boot failure, time limit, or
 the trainer stopped by SIGTERM after saving a checkpoint (exit 143). Training resumes from the last checkpoint in
@@ -55,7 +55,7 @@ class SlurmAttempt(_Model):
 
 
 class SlurmRunOutcome(_Model):
-    """The record of one ``run_on_slurm`` call and the attempts it (or an earlier, killed call) made."""
+    """The record of a run's SLURM jobs: every attempt of every ``Launch.run`` of it (killed ones' included)."""
 
     status: Literal["running", "succeeded", "failed", "interrupted"]
     run_id: str
@@ -109,8 +109,8 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 class Launch:
-    """One spec's jobs on SLURM (see the module docstring). ``runner`` runs a command, ``sleep`` waits: both are
-    parameters so that the lifecycle is the same against a fake SLURM on PATH and a real one."""
+    """One spec's jobs on SLURM (see the module docstring). ``runner`` runs one SLURM command (default: a
+    subprocess, no shell), ``sleep`` waits between polls."""
 
     def __init__(self, spec: RunSpec, run_dir: Path, options: SlurmOptions, *, runner: Runner = run_command,
                  sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = _stderr):
