@@ -48,7 +48,7 @@ class RunResult(_Strict):
     run_id: str
     spec: RunSpec
     plan_id: str | None = None
-    backend: Literal["local", "tpu"] = "local"
+    backend: Literal["local", "tpu", "slurm"] = "local"
     eval_task: str = Field(description="what top1 measures, e.g. 'imagenet-1k' or 'synth:<dataset>'")
     started_at: datetime
     finished_at: datetime

@@ -132,7 +132,7 @@ def build_result(
     )
 
 
-def _already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None:
+def already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None:
     """The "skipped" outcome of a run that has a result already (runs are recorded once), else None."""
     recorded = find_record(spec, runs_dir)  # also finds a record made under the spec's old run id
     if recorded is not None:
@@ -140,7 +140,7 @@ def _already_recorded(spec: RunSpec, runs_dir: Path | None) -> RunOutcome | None
     return None
 
 
-def _open_run_dir(run_dir: Path):
+def open_run_dir(run_dir: Path):
     """The run directory (created) and when its run started (kept across resumes)."""
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,14 +157,14 @@ def execute_run(
     eval_limit: int | None = None,
 ) -> RunOutcome:
     """Train, evaluate and record ``spec`` (locally), resuming or skipping whatever is already done."""
-    if (done := _already_recorded(spec, runs_dir)) is not None:
+    if (done := already_recorded(spec, runs_dir)) is not None:
         return done
     preflight(spec)
     from planner.hardware import get_hardware
     from trainer.embed import TrainedModel
     from trainer.loop import train
 
-    run_dir, started = _open_run_dir(run_dir)
+    run_dir, started = open_run_dir(run_dir)
     trained = None
     if not (run_dir / EVAL_FILE).exists():
         tr = train(spec, run_dir, progress=progress)
@@ -199,13 +199,13 @@ def execute_tpu_run(
     recorded without launching again; otherwise the launch resumes from the checkpoints in the bucket. A launch that
     fails records nothing and raises a ClipaError saying why.
     """
-    if (done := _already_recorded(spec, runs_dir)) is not None:
+    if (done := already_recorded(spec, runs_dir)) is not None:
         return done
     preflight(spec)
     from planner.hardware import get_hardware
     from trainer.tpu.accounting import finished_launch, launches_cost
 
-    run_dir, started = _open_run_dir(run_dir)
+    run_dir, started = open_run_dir(run_dir)
     last = finished_launch(spec, run_dir, options, **launch)
     files = finished_files(run_dir, (spec.run_id, spec.legacy_run_id))
     if files is None:

@@ -609,6 +609,8 @@ def train(
 
             s = start_step if k == start_stage else 0
             batch = fetch() if s < st.steps else None
+            if k == start_stage and primary:  # inputs checked; what this run trains on, before the first compile
+                print(meshlib.describe_devices(cfg.dtype), file=sys.stderr, flush=True)
             t_last = time.perf_counter()
             while s < st.steps:
                 data_state = source.get_state()  # the position after this step's batch, before the next is read

@@ -35,8 +35,25 @@ DATA_AXIS = "data"
 FSDP_MIN_SIZE = 1024
 
 
+# What srun sets for every task of a job step (JAX's SlurmCluster reads these; SLURM_STEP_ID marks a step, which the
+# batch script itself is not).
+_SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                    "SLURM_LOCALID")
+
+
+def in_slurm_step() -> bool:
+    """True in a task of an ``srun`` step with more than one task (``clipa run --backend slurm``'s jobs)."""
+    if not all(os.environ.get(v) for v in _SLURM_STEP_VARS):
+        return False
+    try:
+        return int(os.environ["SLURM_NTASKS"]) > 1
+    except ValueError:
+        return False
+
+
 def maybe_initialize_distributed() -> None:
-    """Join a multi-host run when the environment describes one (a JAX coordinator, or a Cloud TPU VM slice).
+    """Join a multi-host run when the environment describes one (a JAX coordinator, a Cloud TPU VM slice, or a
+    multi-task ``srun`` step of a SLURM job).
 
     Must run before any other JAX call. On a single machine without those variables it does nothing.
     """
@@ -50,11 +67,24 @@ def maybe_initialize_distributed() -> None:
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
+    elif in_slurm_step():
+        # JAX's own SLURM detection: coordinator = first node of SLURM_STEP_NODELIST (port from SLURM_JOB_ID),
+        # SLURM_NTASKS processes, id SLURM_PROCID, and on GPUs the task's own device SLURM_LOCALID (one task per GPU).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(cluster_detection_method="slurm")
     elif os.environ.get("CLIPA_DISTRIBUTED") == "1" or (
             "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
         # Cloud TPU: coordinator, process count and id come from the TPU VM metadata. The launcher sets
         # CLIPA_DISTRIBUTED=1 because an ssh session on a queued-resource VM need not have TPU_WORKER_HOSTNAMES.
         jax.distributed.initialize()
+
+
+def describe_devices(compute_dtype: str) -> str:
+    """One line for the start of training: backend, device count and kind, processes, compute dtype."""
+    devs = jax.devices()
+    kinds = sorted({d.device_kind for d in devs})
+    return (f"{jax.default_backend()}: {len(devs)} device(s) ({', '.join(kinds)}) in {jax.process_count()} "
+            f"process(es), compute {compute_dtype}")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -17,6 +17,8 @@ from trainer.tpu.cli import (DEFAULT_MAX_ATTEMPTS, DEFAULT_POLL_INTERVAL_S, DEFA
                              BucketOpt, DryRunOpt, HardwareOpt, MaxAttemptsOpt,
                              NoInstallOpt, PollOpt, PricingOpt, ProjectOpt, ProvisionTimeoutOpt, SliceOpt,
                              TrainerArgOpt, ZoneOpt)
+from trainer.slurm.options import (DEFAULT_GPUS_PER_NODE, DEFAULT_NODES, AccountOpt, ClipaExeOpt, GpusPerNodeOpt,
+                                   NodesOpt, PartitionOpt, QosOpt, TimeOpt)
 
 
 def _runs_root(run_dir: Path | None) -> Path:
@@ -42,6 +44,8 @@ def _print_outcome(status: str, r) -> None:
     p = r.prediction
     pred_txt = f"predicted {p.predicted_top1:.1f} [{p.low:.1f}, {p.high:.1f}]" if p else "no prediction"
     where = f" on {r.extra.get('accelerator_type')} ({r.extra.get('pricing')})" if r.backend == "tpu" else ""
+    if r.backend == "slurm":
+        where = f" on {r.extra.get('nodes')}x{r.extra.get('gpus_per_node')} {r.extra.get('hardware')} (SLURM)"
     console.print(f"{status}: run {r.run_id} {r.model} {r.spec.schedule}{where}: top-1 {r.top1:.2f}% ({pred_txt}), "
                   f"{r.device_hours:.4f} device-hours, ${r.cost_usd:.4f}")
 
@@ -50,7 +54,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         target: Annotated[Path, typer.Argument(help="a plan folder (plans/<plan-id>) or a run spec file")],
-        backend: Annotated[str, typer.Option(help="'local' (this machine's devices) or 'tpu' (a Cloud TPU slice)")] = "local",
+        backend: Annotated[str, typer.Option(help="'local' (this machine's devices), 'tpu' (a Cloud TPU slice) or 'slurm' (GPU nodes of a SLURM cluster)")] = "local",
         run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="parent of the runs' folders (default runs/)")] = None,
         eval_limit: Annotated[Optional[int], typer.Option(help="evaluate on at most this many held-out samples")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -72,6 +76,14 @@ def register(app: typer.Typer) -> None:
         max_attempts: MaxAttemptsOpt = DEFAULT_MAX_ATTEMPTS,
         trainer_arg: TrainerArgOpt = None,
         poll_interval: PollOpt = DEFAULT_POLL_INTERVAL_S,
+        # --backend slurm (README "GPU cluster"; also --hardware, --pricing, --max-attempts, --poll-interval above)
+        nodes: NodesOpt = DEFAULT_NODES,
+        gpus_per_node: GpusPerNodeOpt = DEFAULT_GPUS_PER_NODE,
+        partition: PartitionOpt = None,
+        account: AccountOpt = None,
+        qos: QosOpt = None,
+        time_limit: TimeOpt = None,
+        clipa_exe: ClipaExeOpt = None,
     ) -> None:
         """Execute every run of a plan (or one spec): train (resuming), evaluate zero-shot, record the result.
 
@@ -83,8 +95,8 @@ def register(app: typer.Typer) -> None:
         from planner.cli import print_json
         from planner.runs import RecordedPrediction, find_record, run_folder
 
-        if backend not in ("local", "tpu"):
-            raise ClipaError("backend", f"{backend!r} is not 'local' or 'tpu'")
+        if backend not in ("local", "tpu", "slurm"):
+            raise ClipaError("backend", f"{backend!r} is not 'local', 'tpu' or 'slurm'")
         plan_id, runs = _targets(target)
         if data or eval_data or tokenizer:  # locations are not part of the run id: the runs stay the same runs
             from planner.binding import bind_spec, resolve_binding
@@ -97,8 +109,14 @@ def register(app: typer.Typer) -> None:
         root = _runs_root(run_dir)
         from trainer.closed_loop import preflight, tpu_preflight
 
+        blocked: dict[str, str] = {}
         for spec, _ in runs:  # every run's inputs are checked before the first one starts
-            preflight(spec)
+            try:
+                preflight(spec)
+            except ClipaError as e:
+                if not (dry_run and backend == "slurm"):
+                    raise
+                blocked[spec.run_id] = str(e)  # the dry-run still shows the job, and what stops it
         launch: dict[str, tuple] = {}
         if backend == "tpu":
             from trainer.tpu.cli import launch_options
@@ -113,6 +131,14 @@ def register(app: typer.Typer) -> None:
                                          max_attempts=max_attempts, trainer_arg=trainer_arg,
                                          poll_interval=poll_interval)
                 launch[spec.run_id] = (options, make_workers(options))
+        if backend == "slurm":
+            from trainer.slurm.options import slurm_options
+
+            for spec, _ in runs:
+                launch[spec.run_id] = (slurm_options(
+                    spec, nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, account=account, qos=qos,
+                    time=time_limit, hardware=hardware, pricing=pricing, clipa=clipa_exe, max_attempts=max_attempts,
+                    poll_interval=poll_interval),)
         if dry_run:
             plan_out = []
             for spec, _ in runs:
@@ -121,6 +147,13 @@ def register(app: typer.Typer) -> None:
                     item["action"] = "skip (already recorded)"
                 elif backend == "local":
                     item["action"] = "train locally, evaluate, record"
+                elif backend == "slurm":
+                    from trainer.slurm.launcher import dry_run as slurm_dry_run
+
+                    item["action"] = "submit to SLURM (resubmitting after preemption), record"
+                    if spec.run_id in blocked:
+                        item["blocked"] = blocked[spec.run_id]
+                    item["launch"] = slurm_dry_run(spec, run_folder(root, spec), launch[spec.run_id][0])
                 else:
                     from trainer.tpu.launcher import dry_run as tpu_dry_run
 
@@ -145,6 +178,11 @@ def register(app: typer.Typer) -> None:
                 options, workers = launch[spec.run_id]
                 out = execute_tpu_run(spec, run_folder(root, spec), options, prediction=prediction, plan_id=plan_id,
                                       workers=workers)
+            elif backend == "slurm":
+                from trainer.slurm.record import execute_slurm_run
+
+                out = execute_slurm_run(spec, run_folder(root, spec), launch[spec.run_id][0], prediction=prediction,
+                                        plan_id=plan_id)
             else:
                 out = _execute_local(spec, root, prediction, plan_id, progress, eval_limit)
             recorded.append(out.result)

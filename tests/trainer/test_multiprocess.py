@@ -1,7 +1,9 @@
 """Multi-host SPMD on one machine: two processes with four fake CPU devices each train the same spec as one process
 with eight devices. Each process feeds only its half of every batch (jax.make_array_from_process_local_data), the
 checkpoint holds both processes' data positions, and the losses and final parameters match the single-process run
-(to rtol 1e-5: the cross-process reductions over Gloo may add in another order).
+(to rtol 1e-5: the cross-process reductions over Gloo may add in another order). The two processes join either
+through JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID or, as on a SLURM cluster, through the variables
+``srun`` sets for the tasks of a job step (JAX's own SLURM cluster detection reads them).
 
 Also: how ``maybe_initialize_distributed`` decides to join a multi-host run (the Cloud TPU branch, which cannot run
 here, is checked against the call it makes)."""
@@ -28,29 +30,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # three JAX processes (~40 s)
-def test_two_processes_train_like_one(tmp_path):
-    worker = str(HERE / "_multiprocess_worker.py")
-    single = run_python([worker, str(tmp_path / "one")], env_extra=eight_devices())
-    assert (single["processes"], single["devices"]) == (1, 8)
+WORKER = str(HERE / "_multiprocess_worker.py")
 
-    port = _free_port()
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The reference: one process with eight CPU devices."""
+    out = tmp_path_factory.mktemp("mp_one") / "one"
+    single = run_python([WORKER, str(out)], env_extra=eight_devices())
+    assert (single["processes"], single["devices"]) == (1, 8)
+    return out
+
+
+def _slurm_job_id() -> int:
+    """A job id whose coordinator port (JAX's SlurmCluster: SLURM_JOB_ID % 4096 + 61440) is free on this machine."""
+    import random
+
+    for _ in range(200):
+        job = random.randrange(100_000, 10_000_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", job % 4096 + 61440))
+            except OSError:
+                continue
+        return job
+    raise RuntimeError("no free port in 61440-65535")
+
+
+def _srun_env(pid: int, job: int) -> dict[str, str]:
+    """What ``srun`` sets for task ``pid`` of a one-node, two-task job step (``sbatch --nodes=1 --ntasks-per-node=2``
+    then ``srun``) on a node named localhost."""
+    job = str(job)
+    return {"SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": "0", "SLURM_STEPID": "0",
+            "SLURM_JOB_NODELIST": "localhost", "SLURM_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_STEP_NUM_NODES": "1",
+            "SLURM_NTASKS": "2", "SLURM_NPROCS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_TASKS_PER_NODE": "2",
+            "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_GTIDS": "0,1",
+            "SLURM_PROCID": str(pid), "SLURM_LOCALID": str(pid), "SLURM_NODEID": "0",
+            "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "SLURMD_NODENAME": "localhost", "SLURM_TOPOLOGY_ADDR": "localhost"}
+
+
+@pytest.mark.slow  # two JAX processes each (~30 s), plus the one-process reference once (~15 s)
+@pytest.mark.parametrize("join", ["jax-env", "srun-env"])
+def test_two_processes_train_like_one(tmp_path, one_process_run, join):
+    port, job = _free_port(), _slurm_job_id()
     procs = []
     for pid in range(2):
-        env = subprocess_env({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-                              "JAX_PROCESS_ID": str(pid), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-        procs.append(subprocess.Popen([sys.executable, worker, str(tmp_path / "two")], cwd=REPO, env=env,
+        env = {k: v for k, v in subprocess_env().items()  # only the variables of the join under test
+               if not k.startswith(("SLURM", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS_ID", "CLIPA_DISTRIB"))}
+        env.update({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                    "JAX_PROCESS_ID": str(pid)} if join == "jax-env" else _srun_env(pid, job))
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        procs.append(subprocess.Popen([sys.executable, WORKER, str(tmp_path / "two")], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
         assert '"processes": 2, "devices": 8' in out
+    assert "cpu: 8 device(s) (cpu) in 2 process(es), compute float32" in outs[0][1]  # said by process 0 only
+    assert "device(s)" not in outs[1][1]
 
-    one = [r["loss"] for r in read_metrics(tmp_path / "one") if r["kind"] == "step"]
+    one = [r["loss"] for r in read_metrics(one_process_run) if r["kind"] == "step"]
     two = [r["loss"] for r in read_metrics(tmp_path / "two") if r["kind"] == "step"]  # written by process 0 only
     assert len(one) == len(two) == 4
     assert two == pytest.approx(one, rel=1e-5)
-    params_one, params_two = (np.load(tmp_path / d / "final_params.npz") for d in ("one", "two"))
+    params_one, params_two = (np.load(d / "final_params.npz") for d in (one_process_run, tmp_path / "two"))
     assert sorted(params_one.files) == sorted(params_two.files) and len(params_one.files) > 10
     for name in params_one.files:
         a, b = params_two[name], params_one[name]
@@ -165,7 +209,7 @@ def record_initialize(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
-    for var in ("JAX_COORDINATOR_ADDRESS", "CLIPA_DISTRIBUTED", "TPU_WORKER_HOSTNAMES"):
+    for var in ("JAX_COORDINATOR_ADDRESS", "CLIPA_DISTRIBUTED", "TPU_WORKER_HOSTNAMES", *mesh._SLURM_STEP_VARS):
         monkeypatch.delenv(var, raising=False)
     return calls
 
@@ -185,3 +229,19 @@ def test_tpu_vm_joins_with_discovery(record_initialize, monkeypatch):
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")  # GKE-style multi-host environment
     mesh.maybe_initialize_distributed()
     assert record_initialize == [((), {}), ((), {})]
+
+
+def test_srun_step_joins_with_slurm_detection(record_initialize, monkeypatch):
+    # The batch script itself (no step), and a one-task step, are single-process runs.
+    step = _srun_env(1, 4242)
+    for k, v in step.items():
+        if k != "SLURM_STEP_ID":
+            monkeypatch.setenv(k, v)
+    mesh.maybe_initialize_distributed()
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    mesh.maybe_initialize_distributed()
+    assert record_initialize == []
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    mesh.maybe_initialize_distributed()
+    assert record_initialize == [((), {"cluster_detection_method": "slurm"})]

@@ -25,7 +25,8 @@ tpu_app = typer.Typer(name="tpu", help="Run specs on Cloud TPU slices, and provi
 ProjectOpt = Annotated[Optional[str], typer.Option("--project", help="GCP project id", envvar="CLIPA_TPU_PROJECT")]
 ZoneOpt = Annotated[Optional[str], typer.Option("--zone", help="zone, e.g. us-central1-a", envvar="CLIPA_TPU_ZONE")]
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="tpu-v4, tpu-v5e, tpu-v5p or tpu-v6e "
-                                                    "(default: the spec's, if a TPU, else tpu-v5e)")]
+                                                    "(default: the spec's, if a TPU, else tpu-v5e); "
+                                                    "with clipa run --backend slurm a GPU profile (default: the spec's)")]
 SliceOpt = Annotated[int, typer.Option("--slice", help="chips in the slice, e.g. 64 for v5e-64 (v5litepod-64)")]
 PricingOpt = Annotated[Optional[str], typer.Option("--pricing", help="spot or on-demand (default: the spec's, "
                                                    "if one of those, else spot)")]
@@ -46,7 +47,8 @@ DEFAULT_SLICE = 8
 DEFAULT_PROVISION_TIMEOUT_S = 6 * 3600.0
 DEFAULT_MAX_ATTEMPTS = 20
 DEFAULT_POLL_INTERVAL_S = 60.0
-MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="slices to create at most (requeues)")]
+MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="slices to create (SLURM: jobs to submit) at "
+                                                                   "most (requeues)")]
 TrainerArgOpt = Annotated[Optional[list[str]], typer.Option("--trainer-arg", help="extra argument for `clipa train` on "
                                                              "the workers (repeatable)")]
 
