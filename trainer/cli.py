@@ -19,6 +19,7 @@ REGISTRARS: list[str] = [
     "planner.cli_model",
     "trainer.run_cli",
     "trainer.pilot_cli",
+    "trainer.export.cli",
 ]
 
 _registered = False
