@@ -617,7 +617,8 @@ def _stage_params(spec: RunSpec, k: int, cfg: ModelConfig, carried, mesh, shardi
         return jax.device_put(adapt_params(src_params, src_cfg, cfg), shardings), f"stage {k}"
     if st.init.startswith(open_clip_io.INIT_PREFIX):
         path = st.init.removeprefix(open_clip_io.INIT_PREFIX)
-        return jax.device_put(open_clip_io.import_params(path, cfg, f"stages[{k}].init"), shardings), f"open_clip {path}"
+        params = open_clip_io.import_params(path, cfg, f"stages[{k}].init")
+        return jax.device_put(params, shardings), f"open_clip {path}"
     path = st.init.split(":", 1)[1]
     directory, step = ckpt.resolve_checkpoint(path, field=f"stages[{k}].init")
     src_store = ckpt.Checkpoints(directory, read_only=True, async_save=False)

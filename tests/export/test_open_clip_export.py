@@ -110,9 +110,9 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
     assert np.abs(ours_i - theirs_i).max() < 1e-4
     assert np.abs(ours_t - theirs_t).max() < 1e-4
     scale = float(np.exp(np.asarray(tm.params["logit_scale"])))
-    assert float(model.logit_scale.detach().exp()) == pytest.approx(scale, rel=1e-6)
-    np.testing.assert_allclose(scale * ours_i @ ours_t.T, float(model.logit_scale.detach().exp()) * theirs_i @ theirs_t.T,
-                               atol=1e-3 * scale)
+    their_scale = float(model.logit_scale.detach().exp())
+    assert their_scale == pytest.approx(scale, rel=1e-6)
+    np.testing.assert_allclose(scale * ours_i @ ours_t.T, their_scale * theirs_i @ theirs_t.T, atol=1e-3 * scale)
 
     kwargs = dict(image_res=16, text_len=TEXT_LEN, tokenizer=spec.tokenizer, spec=spec)
     ours = evaluate(spec.eval_data, lambda x: embed_images(tm, x), lambda t: embed_texts(tm, t), **kwargs)

@@ -21,8 +21,9 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="a run directory, its checkpoints folder, or one step")],
         out: Annotated[Path, typer.Option("--out", help="folder to write the model into (created)")],
         fmt: Annotated[str, typer.Option("--format", help="target format: open_clip")] = "open_clip",
-        image_res: Annotated[Optional[int], typer.Option("--image-res", help="export resolution (learned position "
-                                                         "embeddings are resampled); default: the checkpoint's")] = None,
+        image_res: Annotated[Optional[int], typer.Option(
+            "--image-res", help="export resolution (learned position embeddings are resampled); default: the "
+                                "checkpoint's")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     ) -> None:
         """Export the latest finished checkpoint as an open_clip model folder (config, safetensors weights,
@@ -37,5 +38,5 @@ def register(app: typer.Typer) -> None:
         if json_out:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         else:
-            sys.stdout.write(f"exported {summary['variant']} (step {summary['global_step']}, {summary['image_res']} px, "
-                             f"{summary['text_len']} text tokens) to {summary['out']}; see its README.md\n")
+            sys.stdout.write(f"exported {summary['variant']} (step {summary['global_step']}, {summary['image_res']} "
+                             f"px, {summary['text_len']} text tokens) to {summary['out']}; see its README.md\n")

@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from planner.errors import ClipaError
-from planner.variants import ModelVariant, decode_variant
+from planner.variants import ModelVariant
 
 FORMAT = "open_clip"
 INIT_PREFIX = "checkpoint:open_clip:"  # a stage's ``init`` that starts from an open_clip folder
@@ -226,7 +226,8 @@ def _blocks_from(prefix: str, depth: int, state: dict[str, np.ndarray]) -> dict:
         p = f"{prefix}.resblocks.{i}"
         out[i] = {
             "ln1": {"scale": state[f"{p}.ln_1.weight"], "bias": state[f"{p}.ln_1.bias"]},
-            "attn": {"qkv": {"kernel": _f32(state[f"{p}.attn.in_proj_weight"].T), "bias": state[f"{p}.attn.in_proj_bias"]},
+            "attn": {"qkv": {"kernel": _f32(state[f"{p}.attn.in_proj_weight"].T),
+                             "bias": state[f"{p}.attn.in_proj_bias"]},
                      "out": {"kernel": _f32(state[f"{p}.attn.out_proj.weight"].T),
                              "bias": state[f"{p}.attn.out_proj.bias"]}},
             "ln2": {"scale": state[f"{p}.ln_2.weight"], "bias": state[f"{p}.ln_2.bias"]},
@@ -315,7 +316,8 @@ def from_open_clip(state: dict[str, np.ndarray], extra: dict[str, np.ndarray] | 
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ClipaError(field, f"open_clip weights do not match {v.name}: {what}")
-    shapes = {"visual.positional_embedding": (grid * grid + 1, w), "token_embedding.weight": (cfg.vocab_size, v.text.width),
+    shapes = {"visual.positional_embedding": (grid * grid + 1, w),
+              "token_embedding.weight": (cfg.vocab_size, v.text.width),
               "positional_embedding": (context_length, v.text.width), "visual.proj": (w, v.embed_dim)}
     for key, shape in shapes.items():
         if tuple(state[key].shape) != shape:
