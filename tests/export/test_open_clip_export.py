@@ -114,6 +114,18 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
     assert their_scale == pytest.approx(scale, rel=1e-6)
     np.testing.assert_allclose(scale * ours_i @ ours_t.T, their_scale * theirs_i @ theirs_t.T, atol=1e-3 * scale)
 
+    # the folder's README: its tokenize snippet gives our token ids (truncation included); its transform loads
+    readme = (folder / oc.README_FILE).read_text()
+    snippet = next(b for b in readme.split("```python")[1:] if "def tokenize" in b).split("```")[0]
+    namespace: dict = {}
+    exec(snippet.replace("DIR/", f"{folder}/"), namespace)
+    captions = ["A  Red circle, next to two green squares on a striped background!", "x", ""]
+    np.testing.assert_array_equal(namespace["tokenize"](captions).numpy(), tok.tokenize(captions, TEXT_LEN))
+    from PIL import Image
+
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    assert tuple(preprocess(Image.fromarray(images[0])).shape) == (3, 16, 16)
+
     kwargs = dict(image_res=16, text_len=TEXT_LEN, tokenizer=spec.tokenizer, spec=spec)
     ours = evaluate(spec.eval_data, lambda x: embed_images(tm, x), lambda t: embed_texts(tm, t), **kwargs)
     theirs = evaluate(spec.eval_data, oc_images, oc_texts, **kwargs)
