@@ -44,7 +44,7 @@ def _declare_torchvision_ops_if_its_extension_cannot_load() -> None:
 @pytest.fixture(scope="session")
 def open_clip():
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (only whether it is installed)
     except ImportError:
         pytest.fail("torch is not installed: pip install -e '.[export]' (the export extra)")
     _declare_torchvision_ops_if_its_extension_cannot_load()

@@ -86,7 +86,8 @@ def trained(tmp_path_factory):
 def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip):
     from trainer.checkpoint import load_trained
     from trainer.data.tokenizer import load_tokenizer
-    from trainer.data.zeroshot import evaluate
+    from trainer.data.pipeline import make_eval_source
+    from trainer.data.zeroshot import build_classifier, evaluate, openai_templates
 
     spec, run_dir, _ = trained
     code, out, err = _clipa(["export", str(run_dir), "--format", "open_clip", "--out", str(tmp_path / "oc")], capsys)
@@ -107,8 +108,10 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
                            "stripes"], TEXT_LEN)
     ours_i, ours_t = embed_images(tm, images), embed_texts(tm, tokens)
     theirs_i, theirs_t = oc_images(images), oc_texts(tokens)
-    assert np.abs(ours_i - theirs_i).max() < 1e-4
-    assert np.abs(ours_t - theirs_t).max() < 1e-4
+    # The requirement is 1e-4; we measure ~4e-7. 1e-5 keeps the check sensitive to subtle mapping mistakes: on this
+    # model, exporting exact instead of tanh GELU moves the image embeddings by only 1.2e-4.
+    assert np.abs(ours_i - theirs_i).max() < 1e-5
+    assert np.abs(ours_t - theirs_t).max() < 1e-5
     scale = float(np.exp(np.asarray(tm.params["logit_scale"])))
     their_scale = float(model.logit_scale.detach().exp())
     assert their_scale == pytest.approx(scale, rel=1e-6)
@@ -126,12 +129,27 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
     _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     assert tuple(preprocess(Image.fromarray(images[0])).shape) == (3, 16, 16)
 
+    # zero-shot on the generated eval split: every image and prompt embedding agrees, so does every prediction
+    seen: dict[str, list] = {"ours_i": [], "ours_t": [], "theirs_i": [], "theirs_t": []}
+
+    def recorded(fn, key):
+        return lambda x: seen[key].append(fn(x)) or seen[key][-1]
+
     kwargs = dict(image_res=16, text_len=TEXT_LEN, tokenizer=spec.tokenizer, spec=spec)
-    ours = evaluate(spec.eval_data, lambda x: embed_images(tm, x), lambda t: embed_texts(tm, t), **kwargs)
-    theirs = evaluate(spec.eval_data, oc_images, oc_texts, **kwargs)
+    ours = evaluate(spec.eval_data, recorded(lambda x: embed_images(tm, x), "ours_i"),
+                    recorded(lambda t: embed_texts(tm, t), "ours_t"), **kwargs)
+    theirs = evaluate(spec.eval_data, recorded(oc_images, "theirs_i"), recorded(oc_texts, "theirs_t"), **kwargs)
+    for kind in ("i", "t"):
+        a, b = np.concatenate(seen[f"ours_{kind}"]), np.concatenate(seen[f"theirs_{kind}"])
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
     assert ours["n"] == theirs["n"] == 64
     assert (ours["top1"], ours["top5"]) == (theirs["top1"], theirs["top5"])
     assert ours["retrieval"] == theirs["retrieval"]
+    source = make_eval_source(spec.eval_data, 16)
+    weights = [build_classifier(fn, source.classnames, source.templates or openai_templates(), tok, TEXT_LEN)
+               for fn in (lambda t: embed_texts(tm, t), oc_texts)]
+    predictions = [np.argmax(np.concatenate(seen[k]) @ w.T, axis=1) for k, w in zip(("ours_i", "theirs_i"), weights)]
+    np.testing.assert_array_equal(*predictions)
 
 
 @pytest.mark.slow  # trains the tiny run if the module has not yet (~30 s), then one step from the exported folder
@@ -178,6 +196,7 @@ def test_round_trip_is_bitwise_and_unfolds_a_folder_open_clip_rewrote(tmp_path, 
     np.testing.assert_array_equal(unfolded["text"]["posemb"][:TEXT_LEN], params["text"]["posemb"][:TEXT_LEN])
 
 
+@pytest.mark.slow  # builds a 150M-parameter model in torch (~30 s on two cores)
 def test_b16_export_loads_in_open_clip_with_no_missing_or_unexpected_key(tmp_path, open_clip):
     import torch
 
