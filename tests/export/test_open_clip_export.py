@@ -95,7 +95,7 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
     assert "exported mu/8" in out
     folder = tmp_path / "oc"
     assert {p.name for p in folder.iterdir()} == {oc.CONFIG_FILE, oc.WEIGHTS_FILE, oc.EXTRA_FILE, oc.TOKENIZER_FILE,
-                                                  oc.README_FILE}
+                                                  oc.TOKENIZER_CONFIG_FILE, oc.README_FILE}
     model = open_clip.create_model(f"local-dir:{folder}")  # strict loading: a missing or extra key raises
     model.eval()
     tm = load_trained(run_dir)
@@ -124,6 +124,12 @@ def test_open_clip_computes_what_we_compute(trained, tmp_path, capsys, open_clip
     exec(snippet.replace("DIR/", f"{folder}/"), namespace)
     captions = ["A  Red circle, next to two green squares on a striped background!", "x", ""]
     np.testing.assert_array_equal(namespace["tokenize"](captions).numpy(), tok.tokenize(captions, TEXT_LEN))
+    # open_clip's own tokenizer for the folder (transformers under the hood) gives the same ids, and clipa still
+    # reads the exported tokenizer.json as the run's
+    np.testing.assert_array_equal(open_clip.get_tokenizer(f"local-dir:{folder}")(captions).numpy(),
+                                  tok.tokenize(captions, TEXT_LEN))
+    np.testing.assert_array_equal(load_tokenizer(folder / oc.TOKENIZER_FILE).tokenize(captions, TEXT_LEN),
+                                  tok.tokenize(captions, TEXT_LEN))
     from PIL import Image
 
     _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")

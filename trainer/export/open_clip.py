@@ -10,7 +10,9 @@ An exported folder is what ``open_clip.create_model("local-dir:DIR")`` reads:
   torch's [out, in], the patch Dense as a bias-free Conv2d kernel, a class-token row in the position embeddings);
 * ``clipa_extra.safetensors``: the few of our tensors that open_clip folds into others (see below), so that export
   then import gives bitwise-equal parameters; open_clip ignores the file;
-* ``tokenizer.json`` (when the run has one) and ``README.md`` with the load snippet.
+* the run's tokenizer (when it has one) as ``tokenizer.json`` + ``tokenizer_config.json``, which
+  ``open_clip.get_tokenizer("local-dir:DIR")`` loads through transformers (``write_hf_tokenizer``), and ``README.md``
+  with the load snippet.
 
 The mapping is exact, not approximate: every option of ours maps to an open_clip option computing the same function,
 or the export is refused with one line naming the option (``export_blockers``). Two of our tensors have no own slot
@@ -33,7 +35,6 @@ This module needs numpy and safetensors only (no torch); JAX is imported where r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 EXTRA_FILE = "clipa_extra.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 README_FILE = "README.md"
 
 Params = dict[str, Any]
@@ -395,10 +397,45 @@ def write_folder(out: str | Path, params: Params, cfg, text_len: int, tokenizer:
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     save_file(extra, str(out / EXTRA_FILE), metadata={"format": "clipa"})
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+        # open_clip.get_tokenizer("local-dir:DIR") then tokenizes as we do (through transformers)
+        model_cfg["text_cfg"]["hf_tokenizer_name"] = "."
+        write_hf_tokenizer(tokenizer, out, text_len)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / README_FILE).write_text(_readme(cfg, text_len, info, tokenizer is not None), encoding="utf-8")
     return out
+
+
+def write_hf_tokenizer(tokenizer: str | Path, out: Path, text_len: int) -> None:
+    """Our tokenizer as a folder ``transformers.AutoTokenizer`` loads (what open_clip's HFTokenizer uses):
+    ``tokenizer.json`` with a post-processor that adds the start and end tokens (our ``ClipTokenizer`` bypasses it,
+    so clipa reads the file as before), and ``tokenizer_config.json`` naming the special tokens, with padding by id 0.
+    transformers' truncation keeps room for the added tokens, so captions come out as ``[start] content... [end]``
+    truncated to the context length, zero-padded: ``ClipTokenizer.tokenize``'s ids (the export test checks it)."""
+    from tokenizers import Tokenizer
+
+    from trainer.data.reader import open_binary
+    from trainer.data.tokenizer import ClipTokenizer
+
+    with open_binary(str(tokenizer).removeprefix("file://")) as f:  # a local file or a bucket object
+        text = f.read().decode("utf-8")
+    raw = Tokenizer.from_str(text)
+    ours = ClipTokenizer(raw, str(tokenizer))
+    sot, eot, pad = (raw.id_to_token(i) for i in (ours.sot_id, ours.eot_id, ours.pad_id))
+    data = json.loads(text)
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": sot, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": eot, "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": sot, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": eot, "type_id": 0}}],
+        "special_tokens": {t: {"id": t, "ids": [i], "tokens": [t]}
+                           for t, i in ((sot, ours.sot_id), (eot, ours.eot_id))},
+    }
+    data["padding"] = data["truncation"] = None
+    (out / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sot, "eos_token": eot, "pad_token": pad,
+              "model_max_length": text_len, "clean_up_tokenization_spaces": False}
+    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def read_folder(path: str | Path, field: str = "init") -> tuple[dict, dict[str, np.ndarray], dict | None]:
@@ -479,8 +516,10 @@ def export_run(checkpoint: str | Path, out: str | Path, image_res: int | None = 
 
 
 def _readme(cfg, text_len: int, info: ClipaModelInfo, has_tokenizer: bool) -> str:
-    tok = (f"""The tokenizer is `tokenizer.json` (byte-level BPE, `tokenizers` library). Captions are
-`[start] tokens... [end]`, truncated to {text_len} tokens and padded with id 0, as in training:
+    tok = (f"""Tokens: `tokenizer = open_clip.get_tokenizer("local-dir:DIR")` (needs `transformers`), then
+`tokenize = tokenizer`. Without transformers, `tokenizer.json` (byte-level BPE) gives the same ids with the
+`tokenizers` library alone: captions are `[start] tokens... [end]`, truncated to {text_len} tokens and padded with
+id 0, as in training:
 
 ```python
 import numpy as np, torch
