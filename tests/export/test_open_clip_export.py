@@ -279,3 +279,30 @@ def test_import_refuses_an_open_clip_architecture_ours_cannot_compute(tmp_path, 
     assert code == 2
     assert err.strip().splitlines() == [f"error: stages[0].init: {tmp_path / 'missing'} is not an open_clip model "
                                         f"folder (no {oc.CONFIG_FILE})"]
+
+
+def test_export_at_another_resolution_resamples_like_our_stages(tmp_path, capsys):
+    """--image-res: the learned position embeddings written are ``adapt_params``' (as a next stage would get them)."""
+    from safetensors.numpy import load_file
+
+    from trainer.checkpoint import load_params
+    from trainer.model import adapt_params
+
+    spec = make_spec([dict()], pool="tok", posemb="learn")
+    cfg = ModelConfig.for_stage(spec, 0, vocab_size=300)
+    _write_checkpoint(tmp_path / "run", spec, cfg)
+    code, out, err = _clipa(["export", str(tmp_path / "run"), "--out", str(tmp_path / "oc"), "--image-res", "24",
+                             "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["image_res"] == 24 and json.loads(out)["tokenizer"] is None
+    config = json.loads((tmp_path / "oc" / oc.CONFIG_FILE).read_text())
+    assert config["model_cfg"]["vision_cfg"]["image_size"] == 24 and config["clipa"]["image_res"] == 24
+    assert "hf_tokenizer_name" not in config["model_cfg"]["text_cfg"]  # a synthetic run has no tokenizer to give
+    assert load_file(str(tmp_path / "oc" / oc.WEIGHTS_FILE))["visual.positional_embedding"].shape == (10, 32)
+    _, params, _ = load_params(tmp_path / "run")
+    at24 = cfg.with_resolution(24)
+    expected = jax.tree.map(np.asarray, adapt_params(params, cfg, at24))
+    assert _bitwise_equal(expected, oc.import_params(tmp_path / "oc", at24))
+    code, _, err = _clipa(["export", str(tmp_path / "run"), "--out", str(tmp_path / "o2"), "--image-res", "20"], capsys)
+    assert code == 2
+    assert err.strip() == "error: image_res: resolution 20 is not a positive multiple of mu/8's patch size 8"
