@@ -59,7 +59,8 @@ class Stage(_Frozen):
     text_reduction: TextReduction = Field(TextReduction.truncate, description="how captions are shortened")
     lr_base: Annotated[float, Field(gt=0.0, lt=1.0, description="learning rate per 256 samples of batch")]
     warmup_samples: Annotated[int, Field(ge=0, description="linear warm-up length in samples")] = 0
-    init: str = Field("previous", description="'scratch', 'previous' (last stage's weights) or 'checkpoint:PATH'")
+    init: str = Field("previous", description="'scratch', 'previous' (last stage's weights), 'checkpoint:PATH' or "
+                                              "'checkpoint:open_clip:DIR' (an open_clip model folder)")
 
     @field_validator("init")
     @classmethod

@@ -23,6 +23,7 @@ REGISTRARS: list[str] = [
     "trainer.run_cli",
     "trainer.pilot_cli",
     "trainer.rehearse_cli",
+    "trainer.export.cli",
 ]
 
 _registered = False

@@ -9,7 +9,8 @@
    stage, RNG, every process's data-source position, cost meter), including in the middle of a later stage.
 3. Runs each stage with a fresh optimiser and schedule (``trainer.optim``). A stage starts from scratch, from the
    previous stage's final weights (``previous``; learned position embeddings resampled to the new resolution), or
-   from any checkpoint (``checkpoint:PATH``).
+   from any checkpoint (``checkpoint:PATH``), or from an open_clip model folder (``checkpoint:open_clip:DIR``,
+   ``trainer.export.open_clip``).
 4. After every step runs the named steps of ``StepHooks.after_step`` in order: the NaN guard (a NaN/inf loss or
    gradient raises ``telemetry.NonFiniteError`` without saving, so the last checkpoint stays the last good one), the
    cost meter, logging (metrics.jsonl, TensorBoard, progress bar), signals, checkpoints (every
@@ -63,6 +64,7 @@ from planner.variants import decode_variant
 from trainer import checkpoint as ckpt
 from trainer import compiled
 from trainer import mesh as meshlib
+from trainer.export import open_clip as open_clip_io
 from trainer.losses import clip_loss
 from trainer.masking import sample_keys
 from trainer.data.pipeline import make_train_source
@@ -285,7 +287,9 @@ def preflight(spec: RunSpec, mesh) -> None:
         if st.text_len > v.max_text_len:
             raise ClipaError(f"stages[{i}].text_len", f"{st.text_len} exceeds {v.name}'s {v.max_text_len} positions")
         meshlib.check_layout(st.batch_size, mesh, spec.train.micro_batch, field=f"stages[{i}].batch_size")
-        if st.init.startswith("checkpoint:"):
+        if st.init.startswith(open_clip_io.INIT_PREFIX):
+            open_clip_io.check_folder(st.init.removeprefix(open_clip_io.INIT_PREFIX), field=f"stages[{i}].init")
+        elif st.init.startswith("checkpoint:"):
             ckpt.resolve_checkpoint(st.init.split(":", 1)[1], field=f"stages[{i}].init")
 
 
@@ -651,6 +655,10 @@ def _stage_params(spec: RunSpec, k: int, cfg: ModelConfig, carried, mesh, shardi
             raise ClipaError(f"stages[{k}].init", "'previous' but no earlier stage's weights are available")
         src_cfg, src_params = carried
         return jax.device_put(adapt_params(src_params, src_cfg, cfg), shardings), f"stage {k}"
+    if st.init.startswith(open_clip_io.INIT_PREFIX):
+        path = st.init.removeprefix(open_clip_io.INIT_PREFIX)
+        params = open_clip_io.import_params(path, cfg, f"stages[{k}].init")
+        return jax.device_put(params, shardings), f"open_clip {path}"
     path = st.init.split(":", 1)[1]
     directory, step = ckpt.resolve_checkpoint(path, field=f"stages[{k}].init")
     src_store = ckpt.Checkpoints(directory, read_only=True, async_save=False)

@@ -45,6 +45,8 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
+LAYER_NORM_EPS = 1e-6
+GELU_APPROXIMATE = True  # tanh-approximated GELU (jax.nn.gelu's default); exported models must say so
 
 Params = dict[str, Any]
 
@@ -162,7 +164,7 @@ def _dense(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs, use_bias: bool = Tr
 
 def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # float32 normalisation whatever the compute dtype: cheap, and bf16 statistics drift.
-    return nnx.LayerNorm(width, epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+    return nnx.LayerNorm(width, epsilon=LAYER_NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -206,7 +208,8 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.attn(self.ln1(x).astype(self.dtype))
-        h = batch_sharded(jax.nn.gelu(batch_sharded(self.fc1(self.ln2(x).astype(self.dtype)))))
+        h = batch_sharded(self.fc1(self.ln2(x).astype(self.dtype)))
+        h = batch_sharded(jax.nn.gelu(h, approximate=GELU_APPROXIMATE))
         return x + self.fc2(h)
 
 
