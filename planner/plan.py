@@ -113,10 +113,13 @@ def make_plan(
     if out is not None:
         check_writable(out)
 
-    from planner.pilot import apply_overhead, data_fields, data_resolution, overhead_for
+    from planner.data_profile import profile_for
+    from planner.pilot import apply_overhead, data_fields, overhead_for
 
     fields = data_fields(data_dir)
-    space = space_for(hw, data_resolution(data_dir) if data_dir is not None else None)
+    # the data's measured profile (issue 20): the CPU space stops at its native resolution
+    profile, measured = profile_for(data_dir) if data_dir is not None else (None, None)
+    space = space_for(hw, profile.resolution if profile else None)
     cands = enumerate_candidates(space, hw.name, pricing)
     overhead = None
     if hw.kind == "cpu":
@@ -171,6 +174,9 @@ def make_plan(
                "objective": objective, "fit_version": fit_version}
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
+    request_notes += [measured] if measured else []
+    if profile is not None and max(s.image_res for s in stages) > profile.resolution:
+        request_notes.append(f"stages above the data's native {profile.resolution} px train on upsampled images")
     if fields:
         request["data"] = fields["data"]
     if overhead is not None:

@@ -148,6 +148,10 @@ class StudyFit:
     version: str = ""
     data_hash: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    # the data's native image side (px) when the runs' records or the data's profile say it (issue 20)
+    native_res: int | None = None
+    # one line per study constant the runs' records did not carry (taken from the data's profile, or assumed)
+    assumed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         natural = {(k[3:] if k.startswith("ln_") else k): (math.exp(v) if k.startswith("ln_") else v)
@@ -155,7 +159,8 @@ class StudyFit:
         return {"kind": "local-study", "study": self.study, "dataset": self.dataset, "version": self.version,
                 "data_hash": self.data_hash, "params": self.params, "natural_params": natural, "free": self.free,
                 "cov": self.cov, "sigma": self.sigma, "t_quantile": self.t_quantile, "chance": self.chance,
-                "t_ref": self.t_ref, "eval_n": self.eval_n, "ranges": self.ranges, "metrics": self.metrics}
+                "t_ref": self.t_ref, "eval_n": self.eval_n, "ranges": self.ranges, "metrics": self.metrics,
+                "n_classes": round(100.0 / self.chance), "native_res": self.native_res, "assumed": self.assumed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyFit:
@@ -163,7 +168,8 @@ class StudyFit:
                    free=list(d["free"]), cov=d["cov"], sigma=float(d["sigma"]), t_quantile=float(d["t_quantile"]),
                    chance=float(d["chance"]), t_ref=float(d["t_ref"]), eval_n=int(d["eval_n"]),
                    ranges={k: list(v) for k, v in d["ranges"].items()}, version=d.get("version", ""),
-                   data_hash=d.get("data_hash", ""), metrics=d.get("metrics", {}))
+                   data_hash=d.get("data_hash", ""), metrics=d.get("metrics", {}), native_res=d.get("native_res"),
+                   assumed=list(d.get("assumed", [])))
 
     def cov_matrix(self) -> np.ndarray:
         return np.asarray(self.cov, dtype=float).reshape(len(self.free), len(self.free))
@@ -322,13 +328,54 @@ def range_excess(r: dict[str, list[float]], f: pd.DataFrame) -> tuple[np.ndarray
 # study data, versions on disk
 
 
-def _dataset_meta(rows: pd.DataFrame) -> tuple[float, int]:
-    """Chance level and evaluation size of a local study: from the runs' records when they say, else synth's."""
-    n_classes = DEFAULT_CLASSES
-    eval_n = int(rows["eval_n"].dropna().median()) if "eval_n" in rows and rows["eval_n"].notna().any() else DEFAULT_EVAL_N
-    if "n_classes" in rows and rows["n_classes"].notna().any():
-        n_classes = int(rows["n_classes"].dropna().iloc[0])
-    return 100.0 / n_classes, max(eval_n, 1)
+@dataclass(frozen=True)
+class StudyMeta:
+    """What a local study's fit takes from its data: chance level, evaluation size, native resolution, and a line
+    for each one the runs' records did not carry."""
+
+    chance: float
+    eval_n: int
+    native_res: int | None
+    assumed: list[str]
+
+
+def _dataset_meta(rows: pd.DataFrame) -> StudyMeta:
+    """A local study's constants: from the runs' records (every run records the class count and eval size it was
+    measured with), else from the dataset's cached profile (``planner.data_profile``, found from the runs' eval
+    data), else the generated set's defaults; every fallback is named in ``assumed`` (issue 20: old records without
+    them still load, and the study says so)."""
+    from planner.data_profile import cached_profile, dataset_root
+
+    profile = None
+    for folder in dict.fromkeys(rows["eval_data"].dropna() if "eval_data" in rows else []):
+        root = dataset_root(folder)
+        if root is not None and (profile := cached_profile(root, check_fresh=False)) is not None:
+            break
+    assumed: list[str] = []
+
+    def constant(col: str, what: str, from_profile: Any, default: Any) -> Any:
+        have = rows[col].dropna() if col in rows else pd.Series(dtype=float)
+        missing = len(rows) - len(have)
+        if len(have):
+            value = int(have.mode().iloc[0])  # the most common (a study's runs share their eval set)
+        elif from_profile is not None:
+            value = int(from_profile)
+        else:
+            value = default
+        if missing:
+            src = ("the other runs' records" if len(have) else
+                   f"the data's profile ({profile.folder})" if from_profile is not None else
+                   "assumed (clipa data synth's)")
+            if value is not None:
+                assumed.append(f"{what} {value}: {src}, for {missing} of {len(rows)} runs whose records carry none")
+            else:
+                assumed.append(f"{what} unknown: neither the runs' records nor a profile of the data say it")
+        return value
+
+    n_classes = constant("n_classes", "classes", profile.n_classes if profile else None, DEFAULT_CLASSES)
+    eval_n = constant("eval_n", "eval size", profile.eval_size if profile else None, DEFAULT_EVAL_N)
+    native = constant("data_res", "native resolution (px)", profile.resolution if profile else None, None)
+    return StudyMeta(100.0 / n_classes, max(eval_n, 1), native, assumed)
 
 
 def local_study_rows(include_runs: bool = True) -> dict[str, pd.DataFrame]:
@@ -351,12 +398,15 @@ def local_study_rows(include_runs: bool = True) -> dict[str, pd.DataFrame]:
         f["key"] = sub["key"].to_numpy()
         f["eval_n"] = [extra.get(k, {}).get("eval_n", np.nan) for k in sub["key"]]
         f["n_classes"] = [extra.get(k, {}).get("n_classes", np.nan) for k in sub["key"]]
+        f["data_res"] = [extra.get(k, {}).get("data_res", np.nan) for k in sub["key"]]
+        f["eval_data"] = [extra.get(k, {}).get("eval_data") for k in sub["key"]]
         out[ds] = f.reset_index(drop=True)
     return out
 
 
-def _record_extras() -> dict[str, dict[str, float]]:
-    """eval_n / n_classes of closed-loop records, keyed like ``load_runs`` ('run-<id>')."""
+def _record_extras() -> dict[str, dict[str, Any]]:
+    """eval_n / n_classes / data_res and the spec's eval_data of closed-loop records, keyed like ``load_runs``
+    ('run-<id>')."""
     from planner import paths
 
     out = {}
@@ -369,7 +419,9 @@ def _record_extras() -> dict[str, dict[str, float]]:
         if isinstance(data, dict) and "spec" in data:
             rid = data.get("run_id") or path.stem
             ex = data.get("extra") or {}
-            out[f"run-{rid}"] = {k: ex[k] for k in ("eval_n", "n_classes") if isinstance(ex.get(k), (int, float))}
+            out[f"run-{rid}"] = {k: ex[k] for k in ("eval_n", "n_classes", "data_res") if isinstance(ex.get(k), (int, float))}
+            if isinstance(data["spec"], dict) and data["spec"].get("eval_data"):
+                out[f"run-{rid}"]["eval_data"] = data["spec"]["eval_data"]
     return out
 
 
@@ -404,7 +456,9 @@ def load_or_fit_studies(shared: dict[str, float], refit: bool = False,
     for ds, rows in local_study_rows(include_runs).items():
         if len(rows) < MIN_STUDY_RUNS:
             continue
-        version = hashlib.sha256(f"{study_data_hash(rows, shared)}:{code_hash()}".encode()).hexdigest()[:12]
+        meta = _dataset_meta(rows)
+        # the study's constants are part of its version: a record or profile that changes them refits (issue 20)
+        version = hashlib.sha256(f"{study_data_hash(rows, shared)}:{code_hash()}:{meta}".encode()).hexdigest()[:12]
         path = study_path(ds, version)
         if path.exists() and not refit:
             try:
@@ -412,9 +466,9 @@ def load_or_fit_studies(shared: dict[str, float], refit: bool = False,
                 continue
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable cache: fit again and overwrite
-        chance, eval_n = _dataset_meta(rows)
-        fit = fit_study(rows, shared, dataset=ds, chance=chance, eval_n=eval_n)
+        fit = fit_study(rows, shared, dataset=ds, chance=meta.chance, eval_n=meta.eval_n)
         fit.version, fit.data_hash = version, study_data_hash(rows, shared)
+        fit.native_res, fit.assumed = meta.native_res, meta.assumed
         atomic_write_text(path, json.dumps(_finite(fit.to_dict()), indent=1, sort_keys=True) + "\n")
         out[ds] = fit
     return out
