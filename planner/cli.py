@@ -266,7 +266,7 @@ def plan(
     out: Annotated[Optional[Path], typer.Option(help="write the plan here instead of plans/<plan-id>/")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="refit the accuracy model instead of using the cached fit")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="draw the accuracy-against-cost frontier with the chosen plan (PNG)")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (clipa data synth --out DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (train/, eval/, classes.txt, tokenizer.json; clipa data check DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     def pilot_cmd(
         budget: Annotated[str, typer.Option("--budget", "-b", help="USD for the whole pilot (e.g. 0.015)")],
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="the local dataset, local:NAME")],
-        data: Annotated[Path, typer.Option("--data", help="its folder (clipa data synth --out DIR)")],
+        data: Annotated[Path, typer.Option("--data", help="its folder: train/, eval/, classes.txt, tokenizer.json (see clipa data check DIR)")],
         hardware: Annotated[str, typer.Option("--hardware", help="hardware profile")] = "cpu-2core",
         pricing: Annotated[Optional[str], typer.Option("--pricing", help="pricing model")] = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="pilot folder (default plans/pilot-<id>)")] = None,
