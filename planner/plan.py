@@ -175,6 +175,9 @@ def make_plan(
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
     request_notes += [measured] if measured else []
+    if profile is None and is_local(dataset) and hw.kind == "cpu":
+        request_notes.append("no --data: the CPU space assumes 64 px images (the generated set's); give --data DIR "
+                             "to plan within the data's native resolution")
     if profile is not None and max(s.image_res for s in stages) > profile.resolution:
         request_notes.append(f"stages above the data's native {profile.resolution} px train on upsampled images")
     if fields:

@@ -118,3 +118,25 @@ def test_study_constants_from_records_profile_or_named_assumption(user_data):
     assert m.chance == 100.0 / DEFAULT_CLASSES and m.native_res is None
     assert any(a.startswith(f"classes {DEFAULT_CLASSES}: assumed") for a in m.assumed)
     assert any("native resolution (px) unknown" in a for a in m.assumed)
+
+
+def test_plan_says_when_it_trains_above_the_native_resolution_or_assumes_it(user_data, tmp_path, capsys):
+    rc, out, _ = _run(capsys, "plan", "--budget", "1000", "--dataset", "local:pets", "--data", str(user_data),
+                      "--hardware", "a100-80gb", "--out", str(tmp_path / "gpu"), "--json")
+    assert rc == 0
+    notes = json.loads((tmp_path / "gpu" / "plan.json").read_text())["notes"]
+    assert any("above the data's native 32 px" in n for n in notes)
+    rc, out, _ = _run(capsys, "plan", "--budget", "0.01", "--dataset", "local:pets", "--hardware", "cpu-2core",
+                      "--out", str(tmp_path / "cpu"), "--json")
+    assert rc == 0
+    notes = json.loads((tmp_path / "cpu" / "plan.json").read_text())["notes"]
+    assert any("no --data" in n and "64 px" in n for n in notes)
+    rc, out, _ = _run(capsys, "plan", "--budget", "0.01", "--dataset", "local:pets", "--data", str(user_data),
+                      "--hardware", "cpu-2core", "--out", str(tmp_path / "cpu32"), "--json")
+    assert rc == 0
+    body = json.loads((tmp_path / "cpu32" / "plan.json").read_text())
+    assert not any("native" in n or "no --data" in n for n in body["notes"])
+    from planner.spec import load_spec
+
+    spec = load_spec(body["chosen"]["spec"])
+    assert max(s.image_res for s in spec.stages) <= 32
