@@ -189,8 +189,7 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         prof, measured = profile_for(data_dir)
         data_res = prof.resolution
         caption_p90 = prof.caption_tokens.p90 if prof.caption_tokens else None
-        notes += [measured] if measured else []
-        notes.append(f"data: {prof.summary()}")
+        notes.append(measured or f"data: {prof.summary()}")  # the measuring note carries the summary too
     if data_res is not None and data_res < 8:
         raise ClipaError("data", f"images of {data_res} px are smaller than one 8 px patch of the CPU towers")
     # every stage at most the native resolution: cpu_space's resolutions stop there
