@@ -247,12 +247,6 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
     return PilotDesign(budget_usd, dataset, hw.name, pricing, overhead, runs, specs, notes)
 
 
-def data_resolution(data_dir: Path) -> int:
-    """The native image side of a local dataset folder, from its measured profile (``planner.data_profile``; a
-    folder without one is measured, or refused when nothing can measure it: never a default)."""
-    return profile_for(data_dir)[0].resolution
-
-
 def data_fields(data_dir: Path | None) -> dict[str, str]:
     """A spec's data, eval_data and tokenizer fields for a generated dataset folder."""
     if data_dir is None:
