@@ -126,17 +126,15 @@ def _beside(p: Path) -> list[Path]:
     return [folder, folder.parent]
 
 
-def data_resolution(binding: Binding) -> int | None:
-    """The image side of a synth dataset bound as training data (its dataset.json), for the CPU search space."""
-    import json
-
+def dataset_folder(binding: Binding) -> Path | None:
+    """The local dataset folder (one with a ``train/`` folder: ``clipa data synth`` or a user's) that the bound
+    training data lies in, or None (bucket data, or shards outside such a folder). Its measured profile
+    (``planner.data_profile``) bounds the plan's resolutions."""
     if not binding.data or "://" in binding.data:
         return None
-    for folder in _beside(Path(binding.data)):
-        try:
-            return int(json.loads((folder / "dataset.json").read_text())["resolution"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    for folder in _beside(Path(binding.data.split("{", 1)[0])):
+        if (folder / "train").is_dir():
+            return folder
     return None
 
 

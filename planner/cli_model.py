@@ -345,6 +345,11 @@ def print_study(st) -> None:
     m = st.metrics
     console.print(f"in-sample MAE {m['mae']:.2f} points (max {m['max_abs_error']:.2f}); residual noise "
                   f"{st.sigma:.2f}; dof {m['dof']:.1f}; at a bound: {', '.join(m['at_bound']) or 'none'}")
+    native = f"native {st.native_res} px" if st.native_res else "native resolution unknown"
+    console.print(f"data: {round(100.0 / st.chance)} classes (chance {st.chance:.2f}%), {native}, "
+                  f"eval {st.eval_n} images")
+    for line in st.assumed:  # constants the runs' records did not carry (old records)
+        console.print(f"  not recorded: {line}")
 
 
 def json_safe(o: Any) -> Any:

@@ -310,6 +310,10 @@ class LawFit:
     code_hash: str = ""
     model_version: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    # a local study's data: its native image side (px) when records or the data's profile say it, and one line per
+    # study constant (classes, eval size, resolution) the runs' records did not carry (planner.studies.StudyMeta)
+    native_res: int | None = None
+    assumed: list[str] = field(default_factory=list)
     # local studies' own fits by dataset, attached to the ImageNet fit; saved in their own files, not in this one
     studies: dict[str, LawFit] = field(default_factory=dict, repr=False)
 
@@ -335,7 +339,9 @@ class LawFit:
             return {**common, "model_version": self.model_version, "datasets": self.datasets,
                     "dataset_sd": self.dataset_sd}
         return {**common, "kind": self.kind, "study": self.study, "dataset": self.dataset,
-                "t_quantile": self.quantile, "chance": self.chance, "t_ref": self.t_ref, "eval_n": self.eval_n}
+                "t_quantile": self.quantile, "chance": self.chance, "t_ref": self.t_ref, "eval_n": self.eval_n,
+                "n_classes": round(100.0 / self.chance) if self.chance else None, "native_res": self.native_res,
+                "assumed": self.assumed}
 
     def to_json(self) -> str:
         return json.dumps(round_floats(self.to_dict()), indent=1, sort_keys=True) + "\n"
@@ -352,7 +358,8 @@ class LawFit:
                        dataset_sd=float(d["dataset_sd"]), model_version=d.get("model_version", ""), **common)
         return cls(kind=kind, datasets={d["dataset"]: 0.0}, quantile=float(d["t_quantile"]),
                    chance=float(d["chance"]), t_ref=float(d["t_ref"]), eval_n=int(d["eval_n"]), study=d["study"],
-                   dataset=d["dataset"], **common)
+                   dataset=d["dataset"], native_res=d.get("native_res"), assumed=list(d.get("assumed", [])),
+                   **common)
 
 
 def round_floats(o: Any) -> Any:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from planner.data_profile import profile_for
 from planner.errors import ClipaError
 from planner.hardware import default_pricing, get_hardware
 from planner.recipe import FULL_TEXT_LEN
@@ -132,6 +133,8 @@ class PilotDesign:
     overhead: Overhead
     runs: list[PilotRun]
     specs: list[RunSpec]
+    # what the design took from the data and what it could not respect (issue 20): one line each
+    notes: list[str] = field(default_factory=list)
 
     @property
     def cost_usd(self) -> float:
@@ -179,8 +182,17 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
     hw = get_hardware(hardware)
     pricing = pricing or default_pricing(hw.name)
     hw.price(pricing)
+    notes: list[str] = []
+    caption_p90 = None
     if data_res is None and data_dir is not None:
-        data_res = data_resolution(data_dir)
+        # the data's own profile (issue 20), never the generated set's 64 px
+        prof, measured = profile_for(data_dir)
+        data_res = prof.resolution
+        caption_p90 = prof.caption_tokens.p90 if prof.caption_tokens else None
+        notes.append(measured or f"data: {prof.summary()}")  # the measuring note carries the summary too
+    if data_res is not None and data_res < 8:
+        raise ClipaError("data", f"images of {data_res} px are smaller than one 8 px patch of the CPU towers")
+    # every stage at most the native resolution: cpu_space's resolutions stop there
     space = space_for(hw, data_res) if hw.kind == "cpu" else cpu_space(data_res or 64)
     overhead = overhead or overhead_for(hw.name)
     mods = _levels(models or space.models, ordered=True)  # the space lists models by size
@@ -226,16 +238,13 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
             hi = mid
     runs = build(lo)
     specs = [_spec(space, r, dataset, data_dir, hw.name, pricing) for r in runs]
-    return PilotDesign(budget_usd, dataset, hw.name, pricing, overhead, runs, specs)
-
-
-def data_resolution(data_dir: Path) -> int:
-    """The image side of a ``clipa data synth`` folder (its dataset.json), else 64."""
-    meta = Path(data_dir) / "dataset.json"
-    try:
-        return int(json.loads(meta.read_text())["resolution"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 64
+    if caption_p90 is not None:
+        padded = sorted({r.text_len for r in runs} | ({FULL_TEXT_LEN} if any(r.finetune for r in runs) else set()))
+        padded = [t for t in padded if t > caption_p90]
+        if padded:
+            notes.append(f"captions are short (90% within {caption_p90:g} tokens): runs at {'/'.join(map(str, padded))}"
+                         " tokens mostly pad, so the study measures little of the text-length term there")
+    return PilotDesign(budget_usd, dataset, hw.name, pricing, overhead, runs, specs, notes)
 
 
 def data_fields(data_dir: Path | None) -> dict[str, str]:
@@ -281,6 +290,6 @@ def write_pilot(design: PilotDesign, plan_dir: Path, plan_id: str) -> dict[str, 
                      "device_hours": r.device_hours})
     body = {"plan_id": plan_id, "kind": "pilot", "budget_usd": design.budget_usd, "dataset": design.dataset,
             "hardware": design.hardware, "pricing": design.pricing, "overhead": asdict(design.overhead),
-            "cost_usd": design.cost_usd, "runs": runs}
+            "cost_usd": design.cost_usd, "notes": design.notes, "runs": runs}
     atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")
     return body

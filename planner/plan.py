@@ -115,11 +115,15 @@ def make_plan(
     if out is not None:
         check_writable(out)
 
-    from planner.binding import data_resolution, missing_bindings
+    from planner.binding import dataset_folder, missing_bindings
+    from planner.data_profile import profile_for
     from planner.pilot import apply_overhead, overhead_for
 
     fields = (binding or Binding()).fields()
-    space = space_for(hw, data_resolution(binding or Binding()))
+    # the data's measured profile (issue 20): the search stops at its native resolution
+    folder = dataset_folder(binding or Binding())
+    profile, measured = profile_for(folder) if folder is not None else (None, None)
+    space = space_for(hw, profile.resolution if profile else None)
     cands = enumerate_candidates(space, hw.name, pricing)
     overhead = None
     if hw.kind == "cpu":
@@ -174,6 +178,12 @@ def make_plan(
                "objective": objective, "fit_version": fit_version}
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
+    request_notes += [measured] if measured else []
+    if profile is None and is_local(dataset) and hw.kind == "cpu":
+        request_notes.append("no --data: the CPU space assumes 64 px images (the generated set's); give --data DIR "
+                             "to plan within the data's native resolution")
+    if profile is not None and max(s.image_res for s in stages) > profile.resolution:
+        request_notes.append(f"stages above the data's native {profile.resolution} px train on upsampled images")
     if "data" in fields:  # what the plan was searched for; the other locations do not change the question
         request["data"] = fields["data"]
     if overhead is not None:

@@ -58,7 +58,8 @@ def load_finetune_masking() -> pd.DataFrame:
 
 def load_runs(runs_dir: Path | None = None, report: bool = True) -> pd.DataFrame:
     """Executed runs from ``results/runs/*.json`` (sorted by file name), columns ``RESULT_COLUMNS`` plus the
-    closed loop's ``eval_n`` and ``n_classes`` (NaN for a hand-written record). A bad file is left out and, with
+    closed loop's ``eval_n``, ``n_classes`` and ``data_res`` (NaN for a hand-written record) and the spec's
+    ``eval_data`` (None) that a local study reads its constants from. A bad file is left out and, with
     ``report``, named on stderr (``planner.runs.read_runs``)."""
     from planner.runs import read_runs, report_problems
 
@@ -73,9 +74,10 @@ def load_runs(runs_dir: Path | None = None, report: bool = True) -> pd.DataFrame
     rows = [{"key": r.key, "origin": "run", "family": "run", "model": r.model, "dataset": r.dataset,
              "schedule": r.schedule, "top1": r.top1, "value_kind": r.value_kind,
              "gpu_hours": r.gpu_hours if r.gpu_hours is not None else float("nan"), "source": r.source,
-             "citation": r.file, "notes": r.notes, "eval_n": extra(r, "eval_n"), "n_classes": extra(r, "n_classes")}
+             "citation": r.file, "notes": r.notes, "eval_n": extra(r, "eval_n"), "n_classes": extra(r, "n_classes"),
+             "data_res": extra(r, "data_res"), "eval_data": r.result.spec.eval_data if r.result is not None else None}
             for r in records]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS + ["eval_n", "n_classes"])
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS + ["eval_n", "n_classes", "data_res", "eval_data"])
 
 
 def load_results(include_runs: bool = True) -> pd.DataFrame:

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +177,54 @@ def predict_study(fit: LawFit, features: pd.DataFrame) -> pd.DataFrame:
 # study data, versions on disk
 
 
-def _dataset_meta(rows: pd.DataFrame) -> tuple[float, int]:
-    """Chance level and evaluation size of a local study: from the runs' records when they say, else synth's."""
-    n_classes = DEFAULT_CLASSES
-    eval_n = int(rows["eval_n"].dropna().median()) if "eval_n" in rows and rows["eval_n"].notna().any() else DEFAULT_EVAL_N
-    if "n_classes" in rows and rows["n_classes"].notna().any():
-        n_classes = int(rows["n_classes"].dropna().iloc[0])
-    return 100.0 / n_classes, max(eval_n, 1)
+@dataclass(frozen=True)
+class StudyMeta:
+    """What a local study's fit takes from its data: chance level, evaluation size, native resolution, and a line
+    for each one the runs' records did not carry."""
+
+    chance: float
+    eval_n: int
+    native_res: int | None
+    assumed: list[str]
+
+
+def _dataset_meta(rows: pd.DataFrame) -> StudyMeta:
+    """A local study's constants: from the runs' records (every run records the class count and eval size it was
+    measured with), else from the dataset's cached profile (``planner.data_profile``, found from the runs' eval
+    data), else the generated set's defaults; every fallback is named in ``assumed`` (issue 20: old records without
+    them still load, and the study says so)."""
+    from planner.data_profile import cached_profile, dataset_root
+
+    profile = None
+    for folder in dict.fromkeys(rows["eval_data"].dropna() if "eval_data" in rows else []):
+        root = dataset_root(folder)
+        if root is not None and (profile := cached_profile(root, check_fresh=False)) is not None:
+            break
+    assumed: list[str] = []
+
+    def constant(col: str, what: str, from_profile: Any, default: Any) -> Any:
+        have = rows[col].dropna() if col in rows else pd.Series(dtype=float)
+        missing = len(rows) - len(have)
+        if len(have):
+            value = int(have.mode().iloc[0])  # the most common (a study's runs share their eval set)
+        elif from_profile is not None:
+            value = int(from_profile)
+        else:
+            value = default
+        if missing:
+            src = ("the other runs' records" if len(have) else
+                   f"the data's profile ({profile.folder})" if from_profile is not None else
+                   "assumed (clipa data synth's)")
+            if value is not None:
+                assumed.append(f"{what} {value}: {src}, for {missing} of {len(rows)} runs whose records carry none")
+            else:
+                assumed.append(f"{what} unknown: neither the runs' records nor a profile of the data say it")
+        return value
+
+    n_classes = constant("n_classes", "classes", profile.n_classes if profile else None, DEFAULT_CLASSES)
+    eval_n = constant("eval_n", "eval size", profile.eval_size if profile else None, DEFAULT_EVAL_N)
+    native = constant("data_res", "native resolution (px)", profile.resolution if profile else None, None)
+    return StudyMeta(100.0 / n_classes, max(eval_n, 1), native, assumed)
 
 
 def local_study_rows(include_runs: bool = True) -> dict[str, pd.DataFrame]:
@@ -201,7 +243,7 @@ def local_study_rows(include_runs: bool = True) -> dict[str, pd.DataFrame]:
     for ds in sorted(set(runs["dataset"])):
         sub = runs[runs["dataset"] == ds]
         f = features_frame([schedule_features(r.model, r.dataset, r.schedule) for r in sub.itertuples()])
-        for col in ("top1", "key", "eval_n", "n_classes"):
+        for col in ("top1", "key", "eval_n", "n_classes", "data_res", "eval_data"):
             f[col] = sub[col].to_numpy()
         out[ds] = f.reset_index(drop=True)
     return out
@@ -233,13 +275,16 @@ def load_or_fit_studies(shared: dict[str, float], refit: bool = False,
     for ds, rows in local_study_rows(include_runs).items():
         if len(rows) < MIN_STUDY_RUNS:
             continue
-        dh = study_data_hash(rows, shared)
+        meta = _dataset_meta(rows)
+        # the study's constants are part of its version: a record or profile that changes them refits (issue 20)
+        dh = study_data_hash(rows, shared) + f":{meta.chance!r}:{meta.eval_n}:{meta.native_res}"
         version = law.fit_version(dh, ch)
 
-        def fit_now(ds: str = ds, rows: pd.DataFrame = rows, version: str = version, dh: str = dh) -> LawFit:
-            chance, eval_n = _dataset_meta(rows)
-            fit = fit_study(rows, shared, dataset=ds, chance=chance, eval_n=eval_n)
+        def fit_now(ds: str = ds, rows: pd.DataFrame = rows, version: str = version, dh: str = dh,
+                    meta: StudyMeta = meta) -> LawFit:
+            fit = fit_study(rows, shared, dataset=ds, chance=meta.chance, eval_n=meta.eval_n)
             fit.version, fit.data_hash, fit.code_hash = version, dh, ch
+            fit.native_res, fit.assumed = meta.native_res, meta.assumed
             return fit
 
         out[ds] = law.cached_or_fit(f"study-{_slug(ds)}-{version}.json", dh, ch, refit, fit_now)

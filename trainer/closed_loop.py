@@ -128,7 +128,10 @@ def build_result(
         retrieval=retrieval,
         prediction=prediction,
         extra={"planned_cost_usd": float(meter.get("usd", 0.0)), "train_wall_seconds": wall,
-               "eval_n": int(ev.get("n", 0)), **(extra or {})},
+               "eval_n": int(ev.get("n", 0)),
+               # the class count the top-1 was measured against: a local study's chance level (issue 20)
+               **({"n_classes": int(ev["classes"])} if isinstance(ev.get("classes"), int) else {}),
+               **(extra or {})},
     )
 
 
@@ -173,9 +176,12 @@ def execute_run(
     meter = _meter(run_dir)
     hw = get_hardware(spec.hardware)
     device_hours = meter.get("device_s", 0.0) / 3600.0
+    from trainer.data.profile import record_extras
+
     result = build_result(spec, ev, meter, backend="local", started=started, device_hours=device_hours,
                           cost_usd=device_hours * hw.price(spec.pricing).usd_per_device_hour,
-                          peak_flops=hw.peak_flops, prediction=prediction, plan_id=plan_id)
+                          peak_flops=hw.peak_flops, prediction=prediction, plan_id=plan_id,
+                          extra=record_extras(spec))  # the data's native resolution (issue 20)
     write_result(result, runs_dir)
     return RunOutcome(spec.run_id, "recorded", result)
 

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     def pilot_cmd(
         budget: Annotated[str, typer.Option("--budget", "-b", help="USD for the whole pilot (e.g. 0.015)")],
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="the local dataset, local:NAME")],
-        data: Annotated[Path, typer.Option("--data", help="its folder (clipa data synth --out DIR)")],
+        data: Annotated[Path, typer.Option("--data", help="its folder: train/, eval/, classes.txt, tokenizer.json (see clipa data check DIR)")],
         hardware: Annotated[str, typer.Option("--hardware", help="hardware profile")] = "cpu-2core",
         pricing: Annotated[Optional[str], typer.Option("--pricing", help="pricing model")] = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="pilot folder (default plans/pilot-<id>)")] = None,
@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
                           f"({'reusing' if reused else 'wrote'} {folder}/plan.json)")
             for r in body["runs"]:
                 console.print(f"  {r['run_id'][:10]} {r['model']:7s} {r['schedule']}  ${r['cost_usd']:.5f}")
+            for note in body.get("notes", []):  # what the design took from the data (issue 20)
+                console.print(f"  note: {note}")
         if design_only:
             if json_out:
                 print_json({"plan_dir": str(folder), **body})
@@ -94,7 +96,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             from planner.cli_model import json_safe, study_json
 
-            print_json(json_safe({"plan_dir": str(folder), "pilot_id": pid, "runs": [
+            print_json(json_safe({"plan_dir": str(folder), "pilot_id": pid, "notes": body.get("notes", []), "runs": [
                 {"run_id": r.run_id, "model": r.model, "schedule": r.spec.schedule, "top1": r.top1,
                  "device_hours": r.device_hours, "planned_cost_usd": r.extra.get("planned_cost_usd"),
                  "cost_usd": r.cost_usd} for r in results],

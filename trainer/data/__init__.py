@@ -10,5 +10,6 @@ Modules (all importable without JAX):
 - ``postag``: the offline part-of-speech tagger the syntax reduction uses.
 - ``synth``: the procedurally drawn captioned image dataset.
 - ``zeroshot``: zero-shot classification and image-text retrieval from embedding callables.
+- ``profile``: a dataset folder's measured profile (classes, native resolution, eval size, caption lengths).
 - ``cli``: ``clipa data synth|tokenizer|check``.
 """

@@ -107,23 +107,37 @@ def tokenizer_cmd(
 
 @data_app.command("check")
 def check_cmd(
-    data: Annotated[str, typer.Option("--data", "-d", help="dataset: shard folder, brace pattern or bucket URL")],
+    folder: Annotated[Optional[str], typer.Argument(
+        help="dataset folder (train/, eval/, classes.txt, tokenizer.json): print what the pilot will use")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="dataset: shard folder, brace pattern or bucket URL")] = None,
     samples: Annotated[int, typer.Option("--samples", "-n", help="samples to read through the pipeline")] = 1_000,
-    resolution: Annotated[int, typer.Option("--resolution", "-r", help="image side")] = 64,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", "-r", help="image side (default: the folder's native resolution, else 64)")] = None,
     text_len: Annotated[int, typer.Option("--text-len", help="tokens per caption")] = 32,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json (default: beside data)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Read samples through the training pipeline and report throughput and what was skipped or converted."""
+    """What a local dataset folder holds as the pilot will use it (classes, native resolution, eval size, caption
+    lengths; measured once, cached in DIR/profile.json), then samples read through the training pipeline with
+    throughput and what was skipped or converted."""
+    from planner.errors import ClipaError
     from trainer.data.pipeline import TrainSource
     from trainer.data.reader import list_shards
     from trainer.data.tokenizer import find_tokenizer, load_tokenizer
 
+    if folder is not None and data is not None and folder != data:
+        raise ClipaError("data", "give the dataset once: DIR or --data DIR")
+    data = folder or data
+    if not data:
+        raise ClipaError("data", "no dataset given (clipa data check DIR)")
+    profile = None
+    if Path(data).is_dir() and (Path(data) / "eval").is_dir():  # a dataset folder, not just a shard folder
+        profile, note = _profile(Path(data), json_out)
+    res = resolution or (profile["resolution"] if profile else 64)
     urls = list_shards(data)
     tok = load_tokenizer(find_tokenizer(tokenizer, data))
     batch = min(64, max(1, samples))
     t0 = time.perf_counter()
-    with TrainSource(urls, tok, batch, resolution, text_len, "truncate", seed=0, shuffle_buffer=min(1000, samples),
+    with TrainSource(urls, tok, batch, res, text_len, "truncate", seed=0, shuffle_buffer=min(1000, samples),
                      ) as src:
         done = 0
         while done < samples:
@@ -131,12 +145,14 @@ def check_cmd(
             done += batch
         stats = src.stats()
     secs = time.perf_counter() - t0
-    info = {"shards": len(urls), "samples": done, "seconds": round(secs, 2),
+    info = {"shards": len(urls), "samples": done, "resolution": res, "seconds": round(secs, 2),
             "samples_per_s": round(done / secs, 1), "stats": stats}
+    if profile is not None:
+        info = {"profile": profile, "profile_note": note, **info}
     if json_out:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
     else:
-        sys.stdout.write(f"{len(urls)} shards; read {done} samples in {secs:.1f} s ({done / secs:.0f}/s)\n")
+        sys.stdout.write(f"{len(urls)} shards; read {done} samples at {res} px in {secs:.1f} s ({done / secs:.0f}/s)\n")
         for k, v in sorted(stats.items()):
             if k != "last_problems":
                 sys.stdout.write(f"  {k}: {v}\n")
@@ -144,5 +160,45 @@ def check_cmd(
             sys.stdout.write(f"  problem: {msg}\n")
 
 
+def _profile(folder: Path, quiet: bool) -> tuple[dict, str | None]:
+    """The folder's profile (measured and cached when missing or stale), printed as what the pilot will use."""
+    from planner.data_profile import profile_dict
+    from planner.search import cpu_space
+    from trainer.data.profile import ensure_profile
+
+    prof, note = ensure_profile(folder)
+    if not quiet:
+        if note:
+            _err(note)
+        space = cpu_space(prof.resolution)
+        cap = prof.caption_tokens
+        lines = [
+            f"{folder}: what the pilot will use",
+            f"  classes: {prof.n_classes} ({prof.sources['n_classes']}): chance {100.0 / prof.n_classes:.2f}%",
+            f"  native resolution: {prof.resolution} px ({prof.sources['resolution']}; shorter sides "
+            f"{prof.image_sides.min:g}-{prof.image_sides.max:g} px)",
+            f"  eval size: {prof.eval_size} images ({prof.sources['eval_size']})",
+            (f"  caption tokens (incl. start/end): median {cap.median:g}, mean {cap.mean:.1f}, p10 {cap.p10:g}, "
+             f"p90 {cap.p90:g}, max {cap.max:g} ({cap.n} captions)" if cap else
+             f"  caption tokens: {prof.sources.get('caption_tokens', 'not measured')}"),
+            f"  pilot on a CPU profile: pre-training at {'/'.join(map(str, space.pretrain_res[8]))} px, fine-tunes at "
+            f"{space.full_res} px, text {'/'.join(map(str, space.text_lens))} tokens",
+        ]
+        if cap and cap.p90 < max(space.text_lens):
+            lines.append(f"  note: 90% of captions fit in {cap.p90:g} tokens; longer text lengths mostly pad")
+        sys.stdout.write("\n".join(lines) + "\n")
+    return profile_dict(prof), note
+
+
+def _measure(folder: Path):
+    from trainer.data.profile import ensure_profile
+
+    return ensure_profile(folder)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+    # `clipa plan --data DIR` measures a folder without a profile through this (the planner never imports us)
+    from planner.data_profile import set_measurer
+
+    set_measurer(_measure)

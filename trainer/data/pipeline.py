@@ -477,6 +477,16 @@ class EvalSource:
         first = next(iter_shard_samples(self._shards[0], 0, None), None)
         return bool(first and first.get("txt", b"").strip())
 
+    def labelled_size(self) -> int:
+        """How many labelled images the set holds (this process's share), counted without decoding any
+        (``trainer.data.profile`` records it as the evaluation size)."""
+        if self._files is not None:
+            return len(self._files)
+        from trainer.data.reader import iter_shard_samples
+
+        return sum(1 for url in self._shards or [] for s in iter_shard_samples(url, 0, None)
+                   if image_bytes(s) is not None and _sample_label(s) is not None)
+
     def _find_metadata(self, folder: str) -> None:
         """``classes.txt`` / ``templates.txt`` in ``folder`` or its parent (local paths or bucket URLs)."""
         parent = posixpath.dirname(folder.rstrip("/")) if is_url(folder) else str(Path(folder).parent)
