@@ -267,6 +267,8 @@ def plan(
     refit: Annotated[bool, typer.Option("--refit", help="refit the accuracy model instead of using the cached fit")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="draw the accuracy-against-cost frontier with the chosen plan (PNG)")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (clipa data synth --out DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
+    slice_chips: Annotated[Optional[int], typer.Option("--slice", help="chips (GPUs) the run gets; default one host. Sets the memory fit per stage and the wall-clock")] = None,
+    deadline: Annotated[Optional[str], typer.Option("--deadline", help="drop candidates that cannot finish in time: 14d, 36h, 90m, 2w")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -280,6 +282,11 @@ def plan(
     from planner.plan import make_plan, parse_budget, plot_frontier
 
     usd = parse_budget(budget)
+    from planner.wallclock import parse_duration
+
+    deadline_hours = parse_duration(deadline) if deadline is not None else None
+    if slice_chips is not None and slice_chips < 1:
+        raise ClipaError("slice", f"{slice_chips}: a slice has at least one chip")
     if out is not None:
         from planner.plan import check_writable
 
@@ -290,7 +297,8 @@ def plan(
     from planner.datasets import canonical_dataset
 
     result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version_for(canonical_dataset(dataset)),
-                       hardware, pricing, dataset, objective, top, out, data_dir=data)  # type: ignore[arg-type]
+                       hardware, pricing, dataset, objective, top, out, data_dir=data,  # type: ignore[arg-type]
+                       slice_chips=slice_chips, deadline_hours=deadline_hours)
     body = result.body
     if plot is not None:
         plot_frontier(body, plot)
@@ -299,7 +307,7 @@ def plan(
         print_json({
             "budget_usd": body["budget_usd"],
             "chosen": {k: c[k] for k in ("model", "dataset", "schedule", "cost_usd", "device_hours", "predicted_top1",
-                                          "interval", "extrapolated", "run_id", "spec")},
+                                          "interval", "extrapolated", "run_id", "spec", *_CALENDAR_KEYS) if k in c},
             "candidates_considered": body["candidates_considered"],
             "candidates_within_budget": body["candidates_within_budget"],
             "plan_dir": str(result.plan_dir),
@@ -312,6 +320,11 @@ def plan(
         })
         return
     _print_plan(body, result.plan_dir, plot)
+
+
+# what a plan on a slice adds to its chosen candidate (planner.wallclock.chosen_calendar)
+_CALENDAR_KEYS = ("hardware", "pricing", "chips", "hosts", "sharding", "wall_clock_hours", "work_hours",
+                  "checkpoint_hours", "provision_hours", "expected_preemptions", "billed_device_hours", "stages")
 
 
 def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:

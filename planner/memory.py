@@ -10,9 +10,10 @@ fixed overhead:
   probabilities, 4 x heads x tokens bytes (float32 softmax); times the per-device micro-batch. ``remat: full`` keeps
   only each block's input (2 d bytes per token) plus one block's activations; ``dots`` keeps the matmul outputs;
 * logits: B x B/chips float32 similarity matrices (both directions, values and gradients);
-* ``ACT_SCALE`` and ``OVERHEAD_BYTES`` are calibrated against compiled peaks on v5e
+* ``ACT_LIN``, ``ACT_ATTN`` and ``OVERHEAD_BYTES`` are calibrated against compiled peaks on v5e
   (``benchmarks/fit_calibration.py``, ``benchmarks/results/fit_calibration.json``); the error on that grid is
-  reported in ``benchmarks/FIT_CHECK.md`` and checked by a test.
+  reported in ``benchmarks/FIT_CHECK.md`` and checked by a test. Under FSDP the gathered float32 parameters
+  count in full.
 
 ``choose_fit`` picks, for a stage on a slice, the setting with the fewest recomputed FLOPs whose peak stays under
 ``HBM_SHARE`` of the device's memory: no remat and no micro-batching first, then more micro-batches (each costs one
@@ -33,14 +34,13 @@ Remat = Literal["none", "full", "dots"]
 Sharding = Literal["data", "fsdp"]
 HBM_SHARE = 0.9  # a plan's peak must stay under this share of a device's memory (allocator slack, fragmentation)
 STATE_BYTES_PER_PARAM = 4 + 8 + 4 + 2  # f32 params, f32 Adam mu and nu, f32 grads, bf16 compute copy
-# Calibrated on the compiled grid (see the module docstring); theory gives 1.0 and 0.
-ACT_SCALE = {"none": 1.0, "dots": 0.55, "full": 1.0}
-OVERHEAD_BYTES = 0.25e9
-# Extra forward passes, as a share of the train step's 3 forward-equivalents, by remat policy: full recomputes the
-# whole forward; dots only the elementwise work between matmuls (not counted by the matmul FLOP counter).
-REMAT_EXTRA_FORWARDS = {"none": 0.0, "dots": 0.0, "full": 1.0}
-
-
+FSDP_GATHER_BYTES_PER_PARAM = 4  # under FSDP the step holds the gathered f32 parameters too (XLA gathers them whole)
+# Calibrated on the compiled grid by benchmarks/fit_report.py (non-negative least squares on relative error); the
+# theory above gives ACT_LIN = ACT_ATTN = 1 and no overhead. Compiled steps keep about half of it: XLA fuses the
+# elementwise work (GELU, norms, softmax) into the matmuls and recomputes it rather than storing it.
+ACT_LIN = 0.48
+ACT_ATTN = 0.0
+OVERHEAD_BYTES = 0.9e9
 @dataclass(frozen=True)
 class MemoryEstimate:
     peak_bytes: float
@@ -57,42 +57,50 @@ class MemoryEstimate:
         return self.peak_bytes / 1e9
 
 
-def _layer_bytes_per_token(t: TowerShape, tokens: int) -> float:
-    return 16 * t.width + 4 * t.mlp + 4 * t.heads * tokens
-
-
-def _tower_activation_bytes(t: TowerShape, tokens: int, remat: Remat) -> float:
-    """Bytes kept for the backward pass by one sequence through one tower."""
-    per_layer = tokens * _layer_bytes_per_token(t, tokens)
-    if remat == "none":
-        return t.depth * per_layer
-    if remat == "full":
-        return t.depth * tokens * 2 * t.width + per_layer  # block inputs, plus one block being recomputed
-    # dots: matmul outputs (QKV 3d, attention output d, MLP hidden m, MLP output d) in 16 bits, plus one block
-    return t.depth * tokens * 2 * (5 * t.width + t.mlp) * 1.0 + per_layer
-
-
 def stage_tokens_per_tower(v: ModelVariant, stage: Stage) -> tuple[int, int]:
     ratio = stage.mask_ratio if stage.image_mask != ImageMask.none else 0.0
     img = kept_image_tokens(image_patches(stage.image_res, v.patch), ratio) + int(v.pool == "tok")
     return img, stage.text_len
 
 
-def estimate(model: str | ModelVariant, stage: Stage, chips: int, micro_batch: int | None = None,
-             remat: Remat = "none", sharding: Sharding = "data") -> MemoryEstimate:
-    """Peak bytes per device of one train step of ``stage`` on ``chips`` devices."""
+def _tower_bytes(t: TowerShape, tokens: int, remat: Remat) -> tuple[float, float]:
+    """(width-proportional, attention-probability) bytes one sequence keeps for the backward pass in one tower."""
+    lin = tokens * (16 * t.width + 4 * t.mlp)
+    att = tokens * 4 * t.heads * tokens
+    if remat == "none":
+        return t.depth * lin, t.depth * att
+    if remat == "full":  # block inputs (2 d bytes per token), plus one block being recomputed
+        return t.depth * tokens * 2 * t.width + lin, att
+    # dots: matmul outputs (QKV 3d, attention output d, MLP hidden m, MLP output d) in 16 bits, plus one block
+    return t.depth * tokens * 2 * (5 * t.width + t.mlp) + lin, att
+
+
+def components(model: str | ModelVariant, stage: Stage, chips: int, micro_batch: int | None = None,
+               remat: Remat = "none", sharding: Sharding = "data") -> dict[str, float]:
+    """The uncalibrated parts of the peak (bytes per device): ``fixed`` (state, inputs, logits), ``lin`` and
+    ``att`` (activation terms scaled by ACT_LIN and ACT_ATTN). benchmarks/fit_report.py fits those on these."""
     v = decode_variant(model) if isinstance(model, str) else model
     per_dev = max(1, stage.batch_size // chips)
     mb_per_dev = max(1, (micro_batch or stage.batch_size) // chips)
-    state = STATE_BYTES_PER_PARAM * v.params / (chips if sharding == "fsdp" else 1)
+    state = STATE_BYTES_PER_PARAM * v.params
+    if sharding == "fsdp" and chips > 1:
+        state = state / chips + FSDP_GATHER_BYTES_PER_PARAM * v.params
     img_t, txt_t = stage_tokens_per_tower(v, stage)
-    per_sample = _tower_activation_bytes(v.image, img_t, remat) + _tower_activation_bytes(v.text, txt_t, remat)
-    act = ACT_SCALE[remat] * per_sample * mb_per_dev
-    # inputs on device: uint8 images and their float copy, for the whole per-device batch
-    act += per_dev * stage.image_res**2 * 3 * (1 + 2)
+    (li, ai), (lt, at) = _tower_bytes(v.image, img_t, remat), _tower_bytes(v.text, txt_t, remat)
+    inputs = per_dev * stage.image_res**2 * 3 * (1 + 2)  # uint8 images and their 16-bit copy, whole local batch
     logits = 4 * 4 * stage.batch_size * per_dev  # image->text and text->image, values and gradients, float32
-    peak = state + act + logits + OVERHEAD_BYTES
-    return MemoryEstimate(peak, state, act, logits, per_dev, micro_batch, remat, sharding)
+    return {"state": state, "inputs": inputs, "logits": logits, "lin": (li + lt) * mb_per_dev,
+            "att": (ai + at) * mb_per_dev, "per_device_batch": per_dev}
+
+
+def estimate(model: str | ModelVariant, stage: Stage, chips: int, micro_batch: int | None = None,
+             remat: Remat = "none", sharding: Sharding = "data") -> MemoryEstimate:
+    """Peak bytes per device of one train step of ``stage`` on ``chips`` devices."""
+    c = components(model, stage, chips, micro_batch, remat, sharding)
+    act = ACT_LIN * c["lin"] + ACT_ATTN * c["att"] + c["inputs"]
+    peak = c["state"] + act + c["logits"] + OVERHEAD_BYTES
+    return MemoryEstimate(peak, c["state"], act, c["logits"], int(c["per_device_batch"]), micro_batch, remat,
+                          sharding)
 
 
 def remat_extra_flops_per_sample(model: str | ModelVariant, stage: Stage, remat: Remat,

@@ -98,14 +98,23 @@ def make_plan(
     top: int = 5,
     out: Path | None = None,
     data_dir: Path | None = None,
+    slice_chips: int | None = None,
+    deadline_hours: float | None = None,
 ) -> PlanResult:
     """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget.
 
     ``data_dir``: a local dataset folder (``clipa data synth``): the specs read DIR/train, evaluate on DIR/eval with
     DIR/tokenizer.json, and the CPU search space goes up to the data's resolution. On CPU hardware candidates are
-    priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound."""
+    priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound.
+
+    ``slice_chips`` (default: one host) and ``deadline_hours``: on accelerators every candidate is checked against
+    the slice's memory and given a wall-clock and billed dollars (``planner.wallclock``); ``hardware="any"`` searches
+    every catalogued hardware and pricing together."""
     dataset = canonical_dataset(dataset)
-    hw = get_hardware(hardware or "a100-80gb")
+    any_hw = (hardware or "").strip().lower() == "any"
+    if any_hw and pricing:
+        raise ClipaError("pricing", "--hardware any chooses the pricing too; leave --pricing out")
+    hw = get_hardware("tpu-v5e" if any_hw else (hardware or "a100-80gb"))
     pricing = pricing or default_pricing(hw.name)
     hw.price(pricing)  # validates the pricing name before any work
     if objective not in ("mean", "p10"):
@@ -117,12 +126,18 @@ def make_plan(
 
     fields = data_fields(data_dir)
     space = space_for(hw, data_resolution(data_dir) if data_dir is not None else None)
-    cands = enumerate_candidates(space, hw.name, pricing)
     overhead = None
-    if hw.kind == "cpu":
+    calendar_notes: list[str] = []
+    if hw.kind == "cpu" and not any_hw:
+        cands = enumerate_candidates(space, hw.name, pricing)
         overhead = overhead_for(hw.name)
         cands = apply_overhead(cands, space, overhead, hw.price(pricing).usd_per_device_hour)
-    considered = len(cands)
+        considered = len(cands)
+    else:
+        from planner.wallclock import calendar_candidates
+
+        cands, considered, calendar_notes = calendar_candidates(space, None if any_hw else (hw.name, pricing),
+                                                                 budget_usd, slice_chips, deadline_hours)
     affordable = cands[cands["cost_usd"] <= budget_usd]
     if affordable.empty:
         cheapest = cands.loc[cands["cost_usd"].idxmin()]
@@ -156,9 +171,20 @@ def make_plan(
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
 
     stages = candidate_stages(chosen_row, space)
+    train: dict[str, Any] = {}
+    if hasattr(chosen_row, "chips"):
+        from planner.wallclock import chosen_calendar
+
+        hw = get_hardware(chosen_row.hardware)
+        pricing = chosen_row.pricing
+        stages, train, cal = chosen_calendar(chosen_row.model, stages, hw, pricing, int(chosen_row.chips))
+        chosen.update(cal)
+        for r, row in zip(runners, ranked.iloc[1: max(top, 1)].itertuples()):
+            r.update({"hardware": row.hardware, "pricing": row.pricing, "chips": int(row.chips),
+                      "wall_clock_hours": float(row.wall_clock_hours)})
     spec = spec_from_dict({
         "model": chosen_row.model, "dataset": dataset, "hardware": hw.name, "pricing": pricing, **fields,
-        "stages": [s.model_dump(mode="json") for s in stages],
+        "stages": [s.model_dump(mode="json", exclude_none=True) for s in stages], **({"train": train} if train else {}),
     })
     other_hw = []
     for name, other in catalog().items():
@@ -167,8 +193,13 @@ def make_plan(
             other_hw.append({"hardware": name, "pricing": pr, "device_hours": c.device_hours, "cost_usd": c.cost_usd})
     front = frontier(ranked, value=key)
 
-    request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
+    request = {"budget_usd": budget_usd, "hardware": "any" if any_hw else hw.name,
+               "pricing": "any" if any_hw else pricing, "dataset": dataset,
                "objective": objective, "fit_version": fit_version}
+    if slice_chips is not None:
+        request["slice"] = slice_chips
+    if deadline_hours is not None:
+        request["deadline_hours"] = deadline_hours
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
     if fields:
@@ -184,7 +215,7 @@ def make_plan(
         "plan_id": plan_id,
         **request,
         "candidates_considered": considered,
-        "notes": request_notes,
+        "notes": request_notes + calendar_notes,
         "candidates_within_budget": int(len(affordable)),
         "chosen": {**chosen, "run_id": spec.run_id, "spec": str(spec_path)},
         "runners_up": runners,

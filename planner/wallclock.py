@@ -192,3 +192,161 @@ def parse_duration(text: str) -> float:
     if not hours > 0 or not math.isfinite(hours):
         raise ClipaError("deadline", f"{text!r}: a deadline must be a positive duration")
     return hours
+
+
+def candidate_calendar(cands, space, hw: Hardware, pricing: str, chips: int):
+    """For every candidate row of ``planner.search.enumerate_candidates``: whether each stage fits the slice's
+    memory (and with which sharding), wall-clock hours, expected preemptions and billed dollars; vectorised over
+    rows like the search itself (one ``stage_timing`` per distinct stage shape and sharding)."""
+    import numpy as np
+    import pandas as pd
+
+    from planner.search import FULL_TEXT, ft_batch, make_stage
+
+    check_slice(hw, chips)
+    cal = hw.calendar
+    rate = hw.price(pricing).usd_per_device_hour
+    prov = cal.provision_hours if cal else 0.0
+    lam = preemption_rate_per_hour(hw, pricing, chips)
+    n_hosts = hosts(hw, chips)
+    modes = ("data", "fsdp")
+    cache: dict[tuple, tuple[float, bool]] = {}
+
+    def per_sample(model: str, st: Stage, mode: str, index: int) -> tuple[float, bool]:
+        """(wall hours per sample on the slice, fits)."""
+        key = (model, st.image_res, st.text_len, st.mask_ratio, st.batch_size, index > 0, mode)
+        if key not in cache:
+            if st.batch_size % chips:
+                cache[key] = (math.inf, False)
+            else:
+                t = stage_timing(model, st, hw, chips, mode)
+                cache[key] = (t.device_s_per_sample / chips / t.efficiency / 3600.0, t.fit.fits)
+        return cache[key]
+
+    n = len(cands)
+    work = {m: np.zeros(n) for m in modes}
+    fits = {m: np.ones(n, dtype=bool) for m in modes}
+    steps = np.zeros(n)
+    save_h = np.zeros(n)
+    models = cands["model"].to_numpy()
+    ft_id = cands["ft_id"].to_numpy().astype(np.int64)
+    pt_samples = cands["pt_samples"].to_numpy().astype(np.float64)
+    pt_batch = cands["pt_batch"].to_numpy()
+    pt_res = cands["pt_res"].to_numpy()
+    pt_text = cands["pt_text"].to_numpy()
+    for model in pd.unique(models):
+        sel = models == model
+        v = decode_variant(model)
+        save_h[sel] = (CHECKPOINT_BYTES_PER_PARAM * v.params / (n_hosts * cal.checkpoint_gb_s_per_host * 1e9) / 3600.0
+                       if cal else 0.0)
+        # fine-tune options: per option, wall hours, steps and fit
+        ft_work = {m: np.zeros(len(space.finetunes)) for m in modes}
+        ft_fit = {m: np.ones(len(space.finetunes), dtype=bool) for m in modes}
+        ft_steps = np.zeros(len(space.finetunes))
+        for k, opt in enumerate(space.finetunes):
+            for j, ft in enumerate(opt):
+                st = make_stage(model, j + 1, 1_000_000, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio)
+                ft_steps[k] += ft.samples / st.batch_size
+                for m in modes:
+                    h, ok = per_sample(model, st, m, j + 1)
+                    ft_work[m][k] += h * ft.samples
+                    ft_fit[m][k] &= ok
+        idx = np.flatnonzero(sel)
+        keys = pd.MultiIndex.from_arrays([pt_res[idx], pt_text[idx], pt_batch[idx]])
+        for (res, text, batch) in keys.unique():
+            rows = idx[(pt_res[idx] == res) & (pt_text[idx] == text) & (pt_batch[idx] == batch)]
+            st = make_stage(model, 0, 1_000_000, int(batch), int(res), int(text), 0.0)
+            for m in modes:
+                h, ok = per_sample(model, st, m, 0)
+                work[m][rows] = h * pt_samples[rows] + ft_work[m][ft_id[rows]]
+                fits[m][rows] = ok & ft_fit[m][ft_id[rows]]
+            steps[rows] = pt_samples[rows] / batch + ft_steps[ft_id[rows]]
+    use_data = fits["data"]
+    sharding = np.where(use_data, "data", "fsdp")
+    work_h = np.where(use_data, work["data"], work["fsdp"])
+    fit = use_data | fits["fsdp"]
+    ckpt = steps / CHECKPOINT_EVERY_STEPS * save_h
+    interval = work_h / np.maximum(steps, 1) * CHECKPOINT_EVERY_STEPS
+    per_pre = prov + save_h + 0.5 * interval
+    load = lam * per_pre
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wall = np.where(load < 1, (work_h + ckpt + prov) / np.maximum(1 - load, 1e-12), np.inf)
+        pre = lam * wall
+        billed = chips * (wall - (1 + pre) * prov)
+    return pd.DataFrame({"chips": chips, "sharding": sharding, "fits_memory": fit, "wall_clock_hours": wall,
+                         "expected_preemptions": pre, "billed_device_hours": billed, "billed_usd": billed * rate},
+                        index=cands.index)
+
+
+def calendar_candidates(space, hw_pricing: tuple[str, str] | None, budget_usd: float, slice_chips: int | None,
+                        deadline_hours: float | None):
+    """Candidates priced on a slice: ``cost_usd`` becomes the billed dollars (``compute_usd`` keeps the cost
+    model's), stages that cannot fit the slice's memory at any setting drop out, and with a deadline so do runs
+    that cannot finish in time (a ClipaError naming the fastest one when none can). ``hw_pricing`` None: every
+    catalogued accelerator and pricing. Returns (candidates, how many were priced, notes)."""
+    import pandas as pd
+
+    from planner.hardware import catalog
+    from planner.schedule import format_schedule
+    from planner.search import candidate_stages, enumerate_candidates
+
+    if hw_pricing is not None:
+        pairs = [(get_hardware(hw_pricing[0]), [hw_pricing[1]])]
+    else:
+        pairs = [(h, list(h.prices)) for h in catalog().values() if h.kind != "cpu" and h.prices]
+    frames, considered, rejected = [], 0, 0
+    for hw, pricings in pairs:
+        chips = slice_chips or default_chips(hw)
+        if hw_pricing is None and hw.calendar is not None and chips > hw.calendar.max_chips:
+            continue
+        base = enumerate_candidates(space, hw.name, pricings[0])
+        for pr in pricings:
+            c = base.copy()
+            c["cost_usd"] = c["device_hours"] * hw.price(pr).usd_per_device_hour
+            if hw_pricing is None:  # billed dollars are never below compute dollars: a safe pre-filter
+                c = c[c["cost_usd"] <= budget_usd]
+            considered += len(c)
+            c = c.join(candidate_calendar(c, space, hw, pr, chips))
+            rejected += int((~c["fits_memory"]).sum())
+            c = c[c["fits_memory"]]
+            c["compute_usd"] = c["cost_usd"]
+            c["cost_usd"] = c["billed_usd"]
+            c["hardware"] = hw.name
+            c["pricing"] = pr
+            frames.append(c)
+    if not frames:
+        raise ClipaError("slice", f"{slice_chips} chips is beyond every catalogued hardware's largest slice")
+    cands = pd.concat(frames, ignore_index=True)
+    if cands.empty and considered:
+        where = f"{hw_pricing[0]} x {slice_chips or default_chips(get_hardware(hw_pricing[0]))}" if hw_pricing \
+            else f"any hardware at {slice_chips} chips"
+        raise ClipaError("slice", f"no candidate's stages fit the device memory of {where} at any micro-batch, remat "
+                                  "or sharding (the searched global batches start at 4,096; a larger slice splits "
+                                  "them)")
+    notes = []
+    if rejected:
+        notes.append(f"{rejected:,} candidates dropped: a stage fits no micro-batch/remat/sharding setting in the "
+                     "slice's memory (analytic model, planner.memory)")
+    if deadline_hours is not None:
+        within = cands[cands["cost_usd"] <= budget_usd]
+        ok = within[within["wall_clock_hours"] <= deadline_hours]
+        if not within.empty and ok.empty:
+            f = within.loc[within["wall_clock_hours"].idxmin()]
+            sched = format_schedule(candidate_stages(f, space), f.model)
+            raise ClipaError("deadline", f"no candidate within ${budget_usd:,.0f} finishes in {deadline_hours:g} h; "
+                             f"the fastest is {f.model} '{sched}' on {int(f.chips)} {f.hardware} chips ({f.pricing}): "
+                             f"{f.wall_clock_hours:,.1f} h for ${f.cost_usd:,.0f}")
+        if not within.empty:
+            cands = ok
+    return cands, considered, notes
+
+
+def chosen_calendar(model: str, stages: list[Stage], hw: Hardware, pricing: str, chips: int):
+    """The chosen plan's stages with their micro-batch and remat written in, the run's train options (sharding)
+    and the calendar fields the plan reports."""
+    cal = run_calendar(model, stages, hw, pricing, chips)
+    out = [st.model_copy(update={"micro_batch": t.fit.micro_batch, "remat": t.fit.remat})
+           for st, t in zip(stages, cal.stages)]
+    body = {"hardware": hw.name, "pricing": pricing, **cal.to_dict()}
+    body["cost_usd"] = body.pop("usd")
+    return out, {"sharding": cal.sharding}, body

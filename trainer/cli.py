@@ -19,6 +19,7 @@ REGISTRARS: list[str] = [
     "planner.cli_model",
     "trainer.run_cli",
     "trainer.pilot_cli",
+    "trainer.fit_check_cli",
 ]
 
 _registered = False

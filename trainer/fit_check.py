@@ -97,6 +97,45 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("CLIPA_FIT_CACHE") or Path.home() / ".cache" / "clipa" / "fit_check")
 
 
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("jax", "jaxlib", "libtpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def _cache_path(spec: RunSpec, index: int, hw: Hardware, chips: int) -> Path:
+    """Keyed by what the compiled program depends on: model, stage shape (not its samples, lr or init), the stage's
+    execution options, the target dtype, the topology and the compiler versions."""
+    st = spec.stages[index]
+    key_src = json.dumps({"model": spec.model, "stage": st.model_dump(mode="json", exclude={
+        "init", "samples", "lr_base", "warmup_samples", "micro_batch", "remat"}),
+        "opts": spec.stage_train(index).model_dump(mode="json"), "dtype": _target_dtype(spec),
+        "topology": topology_name(hw, chips), **_versions()}, sort_keys=True)
+    return _cache_dir() / f"{hashlib.sha256(key_src.encode()).hexdigest()[:20]}.json"
+
+
+def cached_result(spec: RunSpec, index: int, hw: Hardware, chips: int) -> CompiledStage | None:
+    """A stored compile of this stage for this slice, or None; never imports JAX (``clipa plan`` reads these)."""
+    if hw.name not in TPU_FAMILIES:
+        return None
+    try:
+        path = _cache_path(spec, index, hw, chips)
+    except ClipaError:
+        return None
+    if not path.exists():
+        return None
+    try:
+        return CompiledStage.model_validate({**json.loads(path.read_text()), "cached": True})
+    except (OSError, ValueError):
+        return None  # an unreadable cache entry is recompiled
+
+
 def _target_dtype(spec: RunSpec) -> str:
     return "bfloat16" if spec.train.compute_dtype == "auto" else spec.train.compute_dtype
 
@@ -118,17 +157,11 @@ def compile_stage(spec: RunSpec, index: int, hw: Hardware, chips: int, use_cache
     name = topology_name(hw, chips)
     import libtpu  # noqa: F401  (a clear ImportError when absent; callers check libtpu_available first)
 
-    key_src = json.dumps({"model": spec.model, "stage": st.model_dump(mode="json", exclude={"init", "samples",
-                          "lr_base", "warmup_samples"}), "opts": opts.model_dump(mode="json"), "dtype": dtype,
-                          "topology": name, "jax": jax.__version__,
-                          "libtpu": getattr(libtpu, "__version__", "?")}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
-    path = _cache_dir() / f"{key}.json"
-    if use_cache and path.exists():
-        try:
-            return CompiledStage.model_validate({**json.loads(path.read_text()), "cached": True})
-        except (OSError, ValueError):
-            pass  # an unreadable cache entry is recompiled
+    path = _cache_path(spec, index, hw, chips)
+    if use_cache:
+        hit = cached_result(spec, index, hw, chips)
+        if hit is not None:
+            return hit
     if st.batch_size % chips:
         raise ClipaError(f"stages[{index}].batch_size", f"{st.batch_size} is not divisible by {chips} chips")
     _, devices = tpu_devices(hw, chips)
