@@ -269,6 +269,7 @@ def plan(
     data: Annotated[Optional[Path], typer.Option("--data", help="local dataset folder (clipa data synth --out DIR): the specs read DIR/train, DIR/eval, DIR/tokenizer.json")] = None,
     slice_chips: Annotated[Optional[int], typer.Option("--slice", help="chips (GPUs) the run gets; default one host. Sets the memory fit per stage and the wall-clock")] = None,
     deadline: Annotated[Optional[str], typer.Option("--deadline", help="drop candidates that cannot finish in time: 14d, 36h, 90m, 2w")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="compile the chosen plan's stages for the TPU slice (libtpu; minutes per stage, cached) and report the compiled peaks")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -300,6 +301,10 @@ def plan(
                        hardware, pricing, dataset, objective, top, out, data_dir=data,  # type: ignore[arg-type]
                        slice_chips=slice_chips, deadline_hours=deadline_hours)
     body = result.body
+    if "stages" in body["chosen"]:
+        from trainer.fit_check import attach_compiled
+
+        attach_compiled(body, result.plan_dir, compile_)
     if plot is not None:
         plot_frontier(body, plot)
     if json_out:
@@ -327,6 +332,24 @@ _CALENDAR_KEYS = ("hardware", "pricing", "chips", "hosts", "sharding", "wall_clo
                   "checkpoint_hours", "provision_hours", "expected_preemptions", "billed_device_hours", "stages")
 
 
+def _print_slice(body: dict) -> None:
+    """The chosen plan on its slice: wall-clock, preemptions, and per stage how it fits in device memory."""
+    c = body["chosen"]
+    if "stages" not in c:
+        return
+    console.print(f"chosen plan on {c['chips']} x {c['hardware']} ({c['pricing']}, {c['sharding']} sharding): "
+                  f"wall-clock {fmt_hours(c['wall_clock_hours'])} h ({fmt_hours(c['work_hours'])} h of steps, "
+                  f"{c['expected_preemptions']:.1f} expected preemptions), {fmt_usd(c['cost_usd'])} billed")
+    t = Table(title="per stage on the slice")
+    for col in ("stage", "batch/device", "micro-batch", "remat", "peak GB", "memory from", "scaling eff.", "wall-clock h"):
+        t.add_column(col, justify="right")
+    for i, st in enumerate(c["stages"]):
+        t.add_row(str(i + 1), str(st["per_device_batch"]), str(st["micro_batch"] or "-"), st["remat"],
+                  f"{st['peak_memory_gb']:.2f}" if st["peak_memory_gb"] is not None else "-", st["memory_source"],
+                  f"{st['scaling_efficiency']:.0%}", fmt_hours(st["wall_clock_hours"]))
+    console.print(t)
+
+
 def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
     from planner.datasets import is_local
 
@@ -347,6 +370,7 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
                   f"{c['predicted_top1']:.1f}", f"{c['interval'][0]:.1f}-{c['interval'][1]:.1f}",
                   "extrapolated" if c["extrapolated"] else "", style="bold green" if i == 0 else None)
     console.print(t)
+    _print_slice(body)
     f = Table(title="frontier: best predicted top-1 at each cost")
     key = "predicted_top1" if body["objective"] == "mean" else "low"
     f.add_column("USD", justify="right")

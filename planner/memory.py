@@ -41,6 +41,9 @@ FSDP_GATHER_BYTES_PER_PARAM = 4  # under FSDP the step holds the gathered f32 pa
 ACT_LIN = 0.48
 ACT_ATTN = 0.0
 OVERHEAD_BYTES = 0.9e9
+# Extra forward passes, as a share of the train step's 3 forward-equivalents, by remat policy: full recomputes the
+# whole forward; dots only the elementwise work between matmuls (not counted by the matmul FLOP counter).
+REMAT_EXTRA_FORWARDS = {"none": 0.0, "dots": 0.0, "full": 1.0}
 @dataclass(frozen=True)
 class MemoryEstimate:
     peak_bytes: float

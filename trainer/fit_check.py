@@ -9,7 +9,8 @@ the FLOPs. A step that does not fit is a compile error (``RESOURCE_EXHAUSTED``),
 Results are cached on disk (``~/.cache/clipa/fit_check/`` or ``$CLIPA_FIT_CACHE``) keyed by everything the compiled
 program depends on (model, stage shape, micro-batch, remat, sharding, dtype, topology, libtpu version): a real-size
 compile takes minutes. libtpu allows one process at a time (it holds a lock file), so never run two compiles in
-parallel processes. Pitfall handled here: ``compute_dtype: auto`` resolves on the *host's* backend (f32 on CPU);
+parallel processes (on a host without TPUs, where nothing but compiles use it, ``ALLOW_MULTIPLE_LIBTPU_LOAD=1``
+lifts the lock; the tests set it). Pitfall handled here: ``compute_dtype: auto`` resolves on the *host's* backend (f32 on CPU);
 compiling for a TPU uses bfloat16 unless the spec names a dtype.
 """
 
@@ -85,8 +86,14 @@ def tpu_devices(hw: Hardware, chips: int):
     name = topology_name(hw, chips)
     dims = [int(x) for x in name.split(":")[1].split("x")] + [1]
     bounds = (min(2, dims[0]), min(2, dims[1]), 1)
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name="default",
-                                        chips_per_host_bounds=bounds, num_slices=1)
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name="default",
+                                            chips_per_host_bounds=bounds, num_slices=1)
+    except Exception as e:  # JaxRuntimeError; the lock is the one failure a user can act on
+        if "lockfile" not in str(e):
+            raise
+        raise ClipaError("libtpu", "another process holds libtpu's lock (/tmp/libtpu_lockfile): compile one at a "
+                                   "time, or on a machine without TPUs set ALLOW_MULTIPLE_LIBTPU_LOAD=1") from None
     devs = list(topo.devices)
     if len(devs) != chips:
         raise ClipaError("slice", f"topology {name} lists {len(devs)} devices, not {chips} chips")
@@ -202,3 +209,35 @@ def compile_stage(spec: RunSpec, index: int, hw: Hardware, chips: int, use_cache
 
     atomic_write_text(path, out.model_dump_json(indent=1, exclude={"cached"}) + "\n")
     return out
+
+
+def attach_compiled(body: dict, plan_dir: Path, compile_: bool) -> None:
+    """Replace the chosen plan's analytic per-stage peaks by compiled ones where a compile of that exact stage and
+    slice is cached (or, with ``compile_``, after compiling it); rewrites plan.json. Without ``compile_`` this never
+    imports JAX, so ``clipa plan`` stays fast."""
+    from planner.hardware import get_hardware
+    from planner.spec import load_spec
+    from planner.store import atomic_write_text
+
+    c = body["chosen"]
+    hw = get_hardware(c["hardware"])
+    if hw.name not in TPU_FAMILIES:
+        return
+    spec = load_spec(c["spec"])
+    can_compile = compile_ and libtpu_available()
+    if compile_ and not can_compile:
+        body.setdefault("notes", []).append("--compile: libtpu is not installed (pip install 'jax[tpu]'); memory "
+                                            "numbers are analytic")
+    changed = False
+    for i, row in enumerate(c["stages"]):
+        got = compile_stage(spec, i, hw, c["chips"]) if can_compile else cached_result(spec, i, hw, c["chips"])
+        if got is None:
+            continue
+        row["memory_source"] = "compiled"
+        row["analytic_peak_memory_gb"] = row["peak_memory_gb"]
+        row["peak_memory_gb"] = got.peak_bytes / 1e9 if got.peak_bytes else None
+        row["fits"] = got.fits
+        row["compile_s"] = got.compile_s
+        changed = True
+    if changed:
+        atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")
