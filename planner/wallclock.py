@@ -198,6 +198,12 @@ def candidate_calendar(cands, space, hw: Hardware, pricing: str, chips: int):
     """For every candidate row of ``planner.search.enumerate_candidates``: whether each stage fits the slice's
     memory (and with which sharding), wall-clock hours, expected preemptions and billed dollars; vectorised over
     rows like the search itself (one ``stage_timing`` per distinct stage shape and sharding)."""
+    return priced_calendar(candidate_work(cands, space, hw, chips), hw, pricing, chips)
+
+
+def candidate_work(cands, space, hw: Hardware, chips: int):
+    """The pricing-independent part of ``candidate_calendar``: per row, sharding, memory fit, hours of steps on the
+    slice, step count and checkpoint save time."""
     import numpy as np
     import pandas as pd
 
@@ -205,9 +211,6 @@ def candidate_calendar(cands, space, hw: Hardware, pricing: str, chips: int):
 
     check_slice(hw, chips)
     cal = hw.calendar
-    rate = hw.price(pricing).usd_per_device_hour
-    prov = cal.provision_hours if cal else 0.0
-    lam = preemption_rate_per_hour(hw, pricing, chips)
     n_hosts = hosts(hw, chips)
     modes = ("data", "fsdp")
     cache: dict[tuple, tuple[float, bool]] = {}
@@ -262,9 +265,22 @@ def candidate_calendar(cands, space, hw: Hardware, pricing: str, chips: int):
                 fits[m][rows] = ok & ft_fit[m][ft_id[rows]]
             steps[rows] = pt_samples[rows] / batch + ft_steps[ft_id[rows]]
     use_data = fits["data"]
-    sharding = np.where(use_data, "data", "fsdp")
-    work_h = np.where(use_data, work["data"], work["fsdp"])
-    fit = use_data | fits["fsdp"]
+    return pd.DataFrame({"sharding": np.where(use_data, "data", "fsdp"), "fits_memory": use_data | fits["fsdp"],
+                         "work_hours": np.where(use_data, work["data"], work["fsdp"]), "steps": steps,
+                         "save_hours": save_h}, index=cands.index)
+
+
+def priced_calendar(w, hw: Hardware, pricing: str, chips: int):
+    """Wall-clock, expected preemptions and billed dollars from ``candidate_work``'s rows at ``pricing``."""
+    import numpy as np
+    import pandas as pd
+
+    cal = hw.calendar
+    rate = hw.price(pricing).usd_per_device_hour
+    prov = cal.provision_hours if cal else 0.0
+    lam = preemption_rate_per_hour(hw, pricing, chips)
+    work_h, steps, save_h = (w[k].to_numpy() for k in ("work_hours", "steps", "save_hours"))
+    sharding, fit = w["sharding"].to_numpy(), w["fits_memory"].to_numpy()
     ckpt = steps / CHECKPOINT_EVERY_STEPS * save_h
     interval = work_h / np.maximum(steps, 1) * CHECKPOINT_EVERY_STEPS
     per_pre = prov + save_h + 0.5 * interval
@@ -275,7 +291,7 @@ def candidate_calendar(cands, space, hw: Hardware, pricing: str, chips: int):
         billed = chips * (wall - (1 + pre) * prov)
     return pd.DataFrame({"chips": chips, "sharding": sharding, "fits_memory": fit, "wall_clock_hours": wall,
                          "expected_preemptions": pre, "billed_device_hours": billed, "billed_usd": billed * rate},
-                        index=cands.index)
+                        index=w.index)
 
 
 def calendar_candidates(space, hw_pricing: tuple[str, str] | None, budget_usd: float, slice_chips: int | None,
@@ -300,13 +316,14 @@ def calendar_candidates(space, hw_pricing: tuple[str, str] | None, budget_usd: f
         if hw_pricing is None and hw.calendar is not None and chips > hw.calendar.max_chips:
             continue
         base = enumerate_candidates(space, hw.name, pricings[0])
+        work = candidate_work(base, space, hw, chips)  # once per hardware: pricing changes only the tail
         for pr in pricings:
             c = base.copy()
             c["cost_usd"] = c["device_hours"] * hw.price(pr).usd_per_device_hour
+            considered += len(c)
             if hw_pricing is None:  # billed dollars are never below compute dollars: a safe pre-filter
                 c = c[c["cost_usd"] <= budget_usd]
-            considered += len(c)
-            c = c.join(candidate_calendar(c, space, hw, pr, chips))
+            c = c.join(priced_calendar(work.loc[c.index], hw, pr, chips))
             rejected += int((~c["fits_memory"]).sum())
             c = c[c["fits_memory"]]
             c["compute_usd"] = c["cost_usd"]
