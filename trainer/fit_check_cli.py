@@ -2,7 +2,8 @@
 
 Per stage: the setting to check is the stage's own micro_batch/remat (or ``train.*``) when the spec sets one, else
 the analytic model's choice (``planner.memory.choose_fit``). On a TPU target with libtpu installed the real step is
-compiled for the slice (``trainer.fit_check``, cached); when the compiler says it does not fit, the next settings
+compiled for the slice (``trainer.fit_check``, cached; with micro-batches the compiled FLOPs are left out: XLA's
+cost analysis counts a loop body once); when the compiler says it does not fit, the next settings
 in the search order are compiled, up to ``--max-compiles`` per stage. Elsewhere (GPUs, no libtpu, ``--analytic``)
 the numbers are the analytic model's; each row says which. A stage that fits no setting (by the analytic model's
 smallest peak, or after every compile tried) is one line on stderr and the command exits 2.
@@ -97,7 +98,7 @@ def check_stages(spec, hw, chips: int, compile_: bool, max_compiles: int) -> lis
                       "cached": c.cached, "fits": c.fits and (c.peak_bytes or 0) <= limit * 1e9,
                       "peak_gb": (c.peak_bytes / 1e9) if c.peak_bytes else None,
                       "compiled_flops_per_step": (c.flops_per_device or 0) * chips or None}
-            if c.flops_per_device:
+            if c.flops_per_device and not mb:  # XLA's cost analysis counts a loop body (a micro-batch) once
                 result["compiled_over_planner_flops"] = c.flops_per_device * chips / (planner_flops + extra)
             if c.error:
                 result["reason"] = c.error

@@ -19,6 +19,7 @@ from trainer.cli import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION = ROOT / "benchmarks" / "results" / "fit_calibration.json"
+RECORDED = ROOT / "benchmarks" / "results" / "fit_calibration_tpu_aot.json"
 
 
 def stage(batch=4096, res=224, text=32, **kw) -> Stage:
@@ -63,15 +64,19 @@ def test_micro_batches_and_full_remat_are_priced():
 
 
 def test_analytic_model_agrees_with_the_compiled_grid():
-    """benchmarks/fit_calibration.py's recorded compiles: the analytic peak within 15% at every fitting point."""
-    data = json.loads(CALIBRATION.read_text())
-    pts = [p for p in data["points"] if p["peak_bytes"]]
-    assert len(pts) >= 6, f"only {len(pts)} compiled points recorded"
-    assert len({p["model"] for p in pts}) >= 2
+    """The recorded compiles (benchmarks/fit_calibration.py's grid and those in docs/tpu-aot.md): the analytic
+    peak within 15% at every point that compiled, on at least 6 shapes of at least 2 models; a point that did not
+    fit the HBM is over it analytically too. The grid is read, not recompiled (minutes per point)."""
+    pts = json.loads(CALIBRATION.read_text())["points"] + json.loads(RECORDED.read_text())["points"]
+    fitted = [p for p in pts if p["peak_bytes"]]
+    assert len(fitted) >= 6 and len({p["model"] for p in fitted}) >= 2, f"{len(fitted)} compiled points"
     for p in pts:
         st = stage(batch=p["batch_size"], res=p["image_res"], text=p["text_len"])
         est = estimate(p["model"], st, p["chips"], p["micro_batch"], p["remat"], p["sharding"])
-        assert est.peak_bytes == pytest.approx(p["peak_bytes"], rel=0.15), p
+        if p["peak_bytes"]:
+            assert est.peak_bytes == pytest.approx(p["peak_bytes"], rel=0.15), p
+        else:
+            assert est.peak_gb > 16, p
 
 
 def test_scaling_efficiency_and_preemptions():

@@ -42,9 +42,11 @@ def test_topology_names():
 
 
 def test_compiled_step_of_a_tiny_tower_and_its_stage_micro_batch():
-    """The stage's own micro_batch reaches the compiled step: GradCache's extra forward pass shows in the compiled
-    FLOPs (about the planner's extra forward; a tiny tower's softmax/norm/optimizer work, which planner.flops does
-    not count, makes both ~1.5x the matmul count: the B/16 slow test checks agreement at real size); cached."""
+    """The stage's own micro_batch reaches the compiled step (a different program: loops over micro-batches, with
+    temporaries). XLA's cost analysis counts a loop body once, so a micro-batched step's compiled FLOPs are not
+    comparable with planner.flops (fit-check leaves that ratio out for them). A tiny tower's softmax/norm/optimizer
+    work, which planner.flops does not count, puts its compiled FLOPs at ~1.5x the matmul count; the B/16 slow test
+    checks agreement at real size. Compiles are cached."""
     v5e = get_hardware("tpu-v5e")
     s = spec()
     whole = fit_check.compile_stage(s, 0, v5e, 4)
@@ -53,9 +55,9 @@ def test_compiled_step_of_a_tiny_tower_and_its_stage_micro_batch():
     assert 1.0 <= whole.flops_per_device * 4 / planner < 2.0
     split = spec(micro_batch=32)
     micro = fit_check.compile_stage(split, 0, v5e, 4)
-    extra = remat_extra_flops_per_sample(s.model, s.stages[0], "none", 32) * 64
-    assert extra > 0
-    assert 0.8 < (micro.flops_per_device - whole.flops_per_device) * 4 / extra < 2.0
+    assert micro.micro_batch == 32 and micro.fits
+    assert micro.flops_per_device != whole.flops_per_device and micro.temp_bytes != whole.temp_bytes
+    assert remat_extra_flops_per_sample(s.model, s.stages[0], "none", 32) > 0  # ... which the plan prices
     again = fit_check.compile_stage(s, 0, v5e, 4)
     assert again.cached and again.peak_bytes == whole.peak_bytes
     assert fit_check.cached_result(s, 0, v5e, 4) is not None
