@@ -157,3 +157,17 @@ def test_hardware_any_chooses_hardware_and_pricing(tmp_path, capsys):
     c = json.loads(out)["chosen"]
     assert c["hardware"] in ("a100-80gb", "a100-40gb", "h100", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e")
     assert c["chips"] == 64 and c["wall_clock_hours"] <= 336 and c["cost_usd"] <= 10000
+
+
+def test_clipa_cost_prices_a_specs_recomputation():
+    """A spec whose stage runs micro-batched with full remat costs two extra forward passes: 5/3 of the plain one."""
+    from planner.cost import cost_spec
+
+    base = {"model": "L/14", "dataset": "datacomp-1b", "hardware": "tpu-v5e", "pricing": "spot",
+            "stages": [{"samples": 10**8, "batch_size": 4096, "image_res": 224, "text_len": 32, "lr_base": 1e-5,
+                        "init": "scratch"}]}
+    plain = cost_spec(spec_from_dict(base))
+    base["stages"][0].update(micro_batch=1024, remat="full")
+    heavy = cost_spec(spec_from_dict(base))
+    assert heavy.flops == plain.flops  # model FLOPs (MFU's numerator) are unchanged
+    assert heavy.cost_usd / plain.cost_usd == pytest.approx(5 / 3, rel=0.02)
