@@ -238,6 +238,10 @@ def attach_compiled(body: dict, plan_dir: Path, compile_: bool) -> None:
         row["peak_memory_gb"] = got.peak_bytes / 1e9 if got.peak_bytes else None
         row["fits"] = got.fits
         row["compile_s"] = got.compile_s
+        if not got.fits:
+            body.setdefault("notes", []).append(
+                f"stage {i + 1}: the compiler puts it over the {hw.memory_gb:g} GB HBM on {c['chips']} chips (the "
+                "analytic model said it fits): check it with clipa fit-check, or plan for a larger --slice")
         changed = True
     if changed:
         atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")
