@@ -133,6 +133,12 @@ def make_plan(
         overhead = overhead_for(hw.name)
         cands = apply_overhead(cands, space, overhead, hw.price(pricing).usd_per_device_hour)
         considered = len(cands)
+        if slice_chips not in (None, 1):
+            raise ClipaError("slice", f"{hw.name} is one device; --slice {slice_chips} needs accelerator hardware")
+        if deadline_hours is not None:  # one device, nothing to provision: wall-clock = device-hours
+            cands = cands[cands["device_hours"] <= deadline_hours]
+            if cands.empty:
+                raise ClipaError("deadline", f"no candidate on {hw.name} finishes in {deadline_hours:g} h")
     else:
         from planner.wallclock import calendar_candidates
 

@@ -41,7 +41,7 @@ def test_topology_names():
     assert fit_check.topology_name(get_hardware("tpu-v5p"), 8) == "v5p:2x2x2"
 
 
-def test_compiled_step_of_a_tiny_tower_and_its_stage_micro_batch():
+def test_compiled_step_of_a_tiny_tower_and_its_stage_micro_batch(tmp_path):
     """The stage's own micro_batch reaches the compiled step (a different program: loops over micro-batches, with
     temporaries). XLA's cost analysis counts a loop body once, so a micro-batched step's compiled FLOPs are not
     comparable with planner.flops (fit-check leaves that ratio out for them). A tiny tower's softmax/norm/optimizer
@@ -61,6 +61,15 @@ def test_compiled_step_of_a_tiny_tower_and_its_stage_micro_batch():
     again = fit_check.compile_stage(s, 0, v5e, 4)
     assert again.cached and again.peak_bytes == whole.peak_bytes
     assert fit_check.cached_result(s, 0, v5e, 4) is not None
+    # what clipa plan does with a cached compile of its chosen stage: the compiled peak replaces the analytic one
+    path = tmp_path / "spec.yaml"
+    s.write(path)
+    body = {"chosen": {"hardware": "tpu-v5e", "chips": 4, "spec": str(path),
+                       "stages": [{"peak_memory_gb": 1.0, "memory_source": "analytic"}]}}
+    fit_check.attach_compiled(body, tmp_path, compile_=False)
+    row = body["chosen"]["stages"][0]
+    assert row["memory_source"] == "compiled" and row["peak_memory_gb"] == whole.peak_bytes / 1e9
+    assert row["analytic_peak_memory_gb"] == 1.0 and json.loads((tmp_path / "plan.json").read_text()) == body
 
 
 def test_fit_check_rejects_what_fits_no_setting(tmp_path, capsys):
