@@ -328,8 +328,16 @@ def plan(
 
 
 # what a plan on a slice adds to its chosen candidate (planner.wallclock.chosen_calendar)
-_CALENDAR_KEYS = ("hardware", "pricing", "chips", "hosts", "sharding", "wall_clock_hours", "work_hours",
+_CALENDAR_KEYS = ("compute_usd", "hardware", "pricing", "chips", "hosts", "sharding", "wall_clock_hours", "work_hours",
                   "checkpoint_hours", "provision_hours", "expected_preemptions", "billed_device_hours", "stages")
+
+
+def _flags(c: dict) -> str:
+    """The flags column: extrapolated, and on a slice the wall-clock (and hardware, under --hardware any)."""
+    out = ["extrapolated"] if c["extrapolated"] else []
+    if "wall_clock_hours" in c:
+        out.append(f"{fmt_hours(c['wall_clock_hours'])} h on {c['chips']} x {c['hardware']} {c['pricing']}")
+    return ", ".join(out)
 
 
 def _print_slice(body: dict) -> None:
@@ -368,7 +376,7 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
     for i, c in enumerate([body["chosen"]] + body["runners_up"]):
         t.add_row(str(i + 1), c["model"], c["schedule"], fmt_hours(c["device_hours"]), fmt_usd(c["cost_usd"]),
                   f"{c['predicted_top1']:.1f}", f"{c['interval'][0]:.1f}-{c['interval'][1]:.1f}",
-                  "extrapolated" if c["extrapolated"] else "", style="bold green" if i == 0 else None)
+                  _flags(c), style="bold green" if i == 0 else None)
     console.print(t)
     _print_slice(body)
     f = Table(title="frontier: best predicted top-1 at each cost")

@@ -184,7 +184,7 @@ def make_plan(
         hw = get_hardware(chosen_row.hardware)
         pricing = chosen_row.pricing
         stages, train, cal = chosen_calendar(chosen_row.model, stages, hw, pricing, int(chosen_row.chips))
-        chosen.update(cal)
+        chosen.update(cal, compute_usd=float(chosen_row.compute_usd))  # cost_usd: billed, overheads included
         for r, row in zip(runners, ranked.iloc[1: max(top, 1)].itertuples()):
             r.update({"hardware": row.hardware, "pricing": row.pricing, "chips": int(row.chips),
                       "wall_clock_hours": float(row.wall_clock_hours)})
