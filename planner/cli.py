@@ -329,7 +329,8 @@ def plan(
 
 # what a plan on a slice adds to its chosen candidate (planner.wallclock.chosen_calendar)
 _CALENDAR_KEYS = ("compute_usd", "hardware", "pricing", "chips", "hosts", "sharding", "wall_clock_hours", "work_hours",
-                  "checkpoint_hours", "provision_hours", "expected_preemptions", "billed_device_hours", "stages")
+                  "checkpoint_hours", "provision_hours", "expected_preemptions", "preemption_usd", "billed_device_hours",
+                  "stages")
 
 
 def _flags(c: dict) -> str:
@@ -347,7 +348,8 @@ def _print_slice(body: dict) -> None:
         return
     console.print(f"chosen plan on {c['chips']} x {c['hardware']} ({c['pricing']}, {c['sharding']} sharding): "
                   f"wall-clock {fmt_hours(c['wall_clock_hours'])} h ({fmt_hours(c['work_hours'])} h of steps, "
-                  f"{c['expected_preemptions']:.1f} expected preemptions), {fmt_usd(c['cost_usd'])} billed")
+                  f"{c['expected_preemptions']:.1f} expected preemptions costing {fmt_usd(c['preemption_usd'])}), "
+                  f"{fmt_usd(c['cost_usd'])} billed")
     t = Table(title="per stage on the slice")
     for col in ("stage", "batch/device", "micro-batch", "remat", "peak GB", "memory from", "scaling eff.", "wall-clock h"):
         t.add_column(col, justify="right")

@@ -116,13 +116,15 @@ class RunCalendar:
     billed_device_hours: float
     usd: float
     fits: bool
+    preemption_usd: float = 0.0
 
     def to_dict(self) -> dict:
         return {
             "chips": self.chips, "hosts": self.hosts, "sharding": self.sharding, "fits": self.fits,
             "wall_clock_hours": self.wall_clock_hours, "work_hours": self.work_hours,
             "checkpoint_hours": self.checkpoint_hours, "provision_hours": self.provision_hours,
-            "expected_preemptions": self.preemptions, "billed_device_hours": self.billed_device_hours,
+            "expected_preemptions": self.preemptions, "preemption_usd": self.preemption_usd,
+            "billed_device_hours": self.billed_device_hours,
             "usd": self.usd,
             "stages": [{"micro_batch": t.fit.micro_batch, "remat": t.fit.remat,
                         "per_device_batch": t.fit.estimate.per_device_batch,
@@ -176,9 +178,12 @@ def run_calendar(model: str, stages: Sequence[Stage], hardware: str | Hardware, 
     interval = work / max(steps, 1) * CHECKPOINT_EVERY_STEPS
     t, n = expected_wall_clock(work, ckpt, prov, save_h, interval, preemption_rate_per_hour(hw, pricing, chips))
     billed = chips * (t - (1 + n) * prov) if math.isfinite(t) else math.inf
-    usd = billed * hw.price(pricing).usd_per_device_hour
+    rate = hw.price(pricing).usd_per_device_hour
+    usd = billed * rate
+    # each relaunch bills the restore and, on average, half a checkpoint interval of lost steps on every chip
+    preemption_usd = n * chips * (save_h + 0.5 * interval) * rate if math.isfinite(n) else math.inf
     return RunCalendar(chips, n_hosts, sharding, timings, work, ckpt, prov, n, t, billed, usd,
-                       all(x.fit.fits for x in timings))
+                       all(x.fit.fits for x in timings), preemption_usd)
 
 
 def parse_duration(text: str) -> float:

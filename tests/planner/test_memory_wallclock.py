@@ -116,6 +116,7 @@ def test_plan_on_a_v5e_slice_within_a_deadline(tmp_path, capsys):
     assert code == 0, err
     c = json.loads(out)["chosen"]
     assert c["chips"] == 256 and c["wall_clock_hours"] <= 336 and c["expected_preemptions"] > 0
+    assert 0 < c["preemption_usd"] < c["cost_usd"] - c["compute_usd"]
     assert c["cost_usd"] <= 10000
     for st in c["stages"]:
         assert "micro_batch" in st and st["per_device_batch"] >= 1
