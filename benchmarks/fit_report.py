@@ -83,6 +83,12 @@ def markdown(rows: list[dict], fit: tuple[float, float, float]) -> str:
         f"constants ACT_LIN={memory.ACT_LIN}, ACT_ATTN={memory.ACT_ATTN}, OVERHEAD_BYTES={memory.OVERHEAD_BYTES:.3g}.",
         f"A fresh non-negative least-squares fit on these points gives {fit[0]:.3f}, {fit[1]:.3f}, {fit[2]:.3g}.",
         "",
+        "History: the constants were first fitted on the 4 docs/tpu-aot.md points (0.48, 0, 0.9e9); the S/16 grid",
+        "points were then compiled and predicted out of sample at -4.3% (112/16 b1024), +6.4% (224/32 b256) and -19.2%",
+        "(224/32 b512); the shipped constants are the refit on all 7 (in-sample errors below; 3 free parameters).",
+        "Not calibrated by any compiled point: remat (`dots`, `full`) and micro-batching (the B/16 remat and",
+        "micro-batch grid points were not reached: ~6-22 min per compile on the shared 2 cores).",
+        "",
         "| model | res/text | batch | topology | micro-batch | remat | sharding | compiled GB | analytic GB | error |"
         " compiled/planner FLOPs | compile s | source |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
