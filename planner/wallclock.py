@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from planner.cost import seconds_per_sample
 from planner.errors import ClipaError
+from planner.flops import stage_flops
 from planner.hardware import Hardware, get_hardware
 from planner.memory import FitChoice, choose_fit
 from planner.spec import Stage
@@ -94,8 +95,6 @@ def stage_timing(model: str, stage: Stage, hw: Hardware, chips: int, sharding: s
     v = decode_variant(model)
     fit = choose_fit(v, stage, chips, hw.memory_gb, sharding)  # type: ignore[arg-type]
     base = seconds_per_sample(model, stage, hw)
-    from planner.flops import stage_flops
-
     per_sample_flops = stage_flops(v, stage).train_per_sample
     dev_s = base * (1 + fit.extra_flops_per_sample / per_sample_flops)
     eff = scaling_efficiency(hw, chips, dev_s * stage.batch_size / chips, v.params, sharding)

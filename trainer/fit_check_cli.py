@@ -11,7 +11,6 @@ smallest peak, or after every compile tried) is one line on stderr and the comma
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
