@@ -36,14 +36,14 @@ HBM_SHARE = 0.9  # a plan's peak must stay under this share of a device's memory
 STATE_BYTES_PER_PARAM = 4 + 8 + 4 + 2  # f32 params, f32 Adam mu and nu, f32 grads, bf16 compute copy
 FSDP_GATHER_BYTES_PER_PARAM = 4  # under FSDP the step holds the gathered f32 parameters too (XLA gathers them whole)
 # Calibrated on the compiled grid by benchmarks/fit_report.py (non-negative least squares on relative error over
-# the 7 compiled v5e points of S/16, B/16, L/14, H/14; rounded); the theory above gives ACT_LIN = ACT_ATTN = 1 and
-# no overhead. Compiled steps keep about 60% of the width terms and little of the attention probabilities: XLA fuses
-# the elementwise work (GELU, norms, softmax) into neighbouring ops and recomputes rather than stores it. Fitted on
-# the first 4 points only, the constants missed the 3 held-out S/16 points by -4%, +6% and -19%
-# (benchmarks/FIT_CHECK.md).
-ACT_LIN = 0.61
-ACT_ATTN = 0.13
-OVERHEAD_BYTES = 0.51e9
+# the compiled v5e points without remat or micro-batches: S/16 x3 and B/16 x2 from this grid, L/14 and H/14 FSDP
+# recorded in docs/tpu-aot.md; rounded); the theory above gives ACT_LIN = ACT_ATTN = 1 and no overhead. Compiled
+# steps keep about 3/4 of the width terms and little of the attention probabilities: XLA fuses the elementwise work
+# (GELU, norms, softmax) into neighbouring ops and recomputes rather than stores it. History and errors:
+# benchmarks/FIT_CHECK.md.
+ACT_LIN = 0.73
+ACT_ATTN = 0.09
+OVERHEAD_BYTES = 0.28e9
 # Extra forward passes, as a share of the train step's 3 forward-equivalents, by remat policy: full recomputes the
 # whole forward; dots only the elementwise work between matmuls (not counted by the matmul FLOP counter).
 REMAT_EXTRA_FORWARDS = {"none": 0.0, "dots": 0.0, "full": 1.0}
