@@ -269,6 +269,9 @@ def plan(
     data: Annotated[Optional[str], typer.Option("--data", help="training shards: folder, brace pattern, gs:// or s3:// URL (a clipa data synth folder binds its train/, eval/ and tokenizer.json); default: the dataset catalog's (datasets.yaml)")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="evaluation set: ImageNet-1k val as wnid class folders, or shards with 'cls' labels")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json (make one: clipa data tokenizer --data URL --out FILE)")] = None,
+    slice_chips: Annotated[Optional[int], typer.Option("--slice", help="chips (GPUs) the run gets; default one host. Sets the memory fit per stage and the wall-clock")] = None,
+    deadline: Annotated[Optional[str], typer.Option("--deadline", help="drop candidates that cannot finish in time: 14d, 36h, 90m, 2w")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="compile the chosen plan's stages for the TPU slice (libtpu; minutes per stage, cached) and report the compiled peaks")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -282,6 +285,11 @@ def plan(
     from planner.plan import make_plan, parse_budget, plot_frontier
 
     usd = parse_budget(budget)
+    from planner.wallclock import parse_duration
+
+    deadline_hours = parse_duration(deadline) if deadline is not None else None
+    if slice_chips is not None and slice_chips < 1:
+        raise ClipaError("slice", f"{slice_chips}: a slice has at least one chip")
     if out is not None:
         from planner.plan import check_writable
 
@@ -294,8 +302,13 @@ def plan(
 
     binding = resolve_binding(dataset, data, eval_data, tokenizer)
     result = make_plan(usd, lambda feats: predict_frame(fit, feats), fit.version_for(canonical_dataset(dataset)),
-                       hardware, pricing, dataset, objective, top, out, binding=binding)  # type: ignore[arg-type]
+                       hardware, pricing, dataset, objective, top, out, binding=binding,  # type: ignore[arg-type]
+                       slice_chips=slice_chips, deadline_hours=deadline_hours)
     body = result.body
+    if "stages" in body["chosen"]:
+        from trainer.fit_check import attach_compiled
+
+        attach_compiled(body, result.plan_dir, compile_)
     if plot is not None:
         plot_frontier(body, plot)
     if json_out:
@@ -303,7 +316,7 @@ def plan(
         print_json({
             "budget_usd": body["budget_usd"],
             "chosen": {k: c[k] for k in ("model", "dataset", "schedule", "cost_usd", "device_hours", "predicted_top1",
-                                          "interval", "extrapolated", "run_id", "spec")},
+                                          "interval", "extrapolated", "run_id", "spec", *_CALENDAR_KEYS) if k in c},
             "candidates_considered": body["candidates_considered"],
             "candidates_within_budget": body["candidates_within_budget"],
             "plan_dir": str(result.plan_dir),
@@ -319,6 +332,39 @@ def plan(
         })
         return
     _print_plan(body, result.plan_dir, plot)
+
+
+# what a plan on a slice adds to its chosen candidate (planner.wallclock.chosen_calendar)
+_CALENDAR_KEYS = ("compute_usd", "hardware", "pricing", "chips", "hosts", "sharding", "wall_clock_hours", "work_hours",
+                  "checkpoint_hours", "provision_hours", "expected_preemptions", "preemption_usd", "billed_device_hours",
+                  "stages")
+
+
+def _flags(c: dict) -> str:
+    """The flags column: extrapolated, and on a slice the wall-clock (and hardware, under --hardware any)."""
+    out = ["extrapolated"] if c["extrapolated"] else []
+    if "wall_clock_hours" in c:
+        out.append(f"{fmt_hours(c['wall_clock_hours'])} h on {c['chips']} x {c['hardware']} {c['pricing']}")
+    return ", ".join(out)
+
+
+def _print_slice(body: dict) -> None:
+    """The chosen plan on its slice: wall-clock, preemptions, and per stage how it fits in device memory."""
+    c = body["chosen"]
+    if "stages" not in c:
+        return
+    console.print(f"chosen plan on {c['chips']} x {c['hardware']} ({c['pricing']}, {c['sharding']} sharding): "
+                  f"wall-clock {fmt_hours(c['wall_clock_hours'])} h ({fmt_hours(c['work_hours'])} h of steps, "
+                  f"{c['expected_preemptions']:.1f} expected preemptions costing {fmt_usd(c['preemption_usd'])}), "
+                  f"{fmt_usd(c['cost_usd'])} billed")
+    t = Table(title="per stage on the slice")
+    for col in ("stage", "batch/device", "micro-batch", "remat", "peak GB", "memory from", "scaling eff.", "wall-clock h"):
+        t.add_column(col, justify="right")
+    for i, st in enumerate(c["stages"]):
+        t.add_row(str(i + 1), str(st["per_device_batch"]), str(st["micro_batch"] or "-"), st["remat"],
+                  f"{st['peak_memory_gb']:.2f}" if st["peak_memory_gb"] is not None else "-", st["memory_source"],
+                  f"{st['scaling_efficiency']:.0%}", fmt_hours(st["wall_clock_hours"]))
+    console.print(t)
 
 
 def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
@@ -339,8 +385,9 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
     for i, c in enumerate([body["chosen"]] + body["runners_up"]):
         t.add_row(str(i + 1), c["model"], c["schedule"], fmt_hours(c["device_hours"]), fmt_usd(c["cost_usd"]),
                   f"{c['predicted_top1']:.1f}", f"{c['interval'][0]:.1f}-{c['interval'][1]:.1f}",
-                  "extrapolated" if c["extrapolated"] else "", style="bold green" if i == 0 else None)
+                  _flags(c), style="bold green" if i == 0 else None)
     console.print(t)
+    _print_slice(body)
     f = Table(title="frontier: best predicted top-1 at each cost")
     key = "predicted_top1" if body["objective"] == "mean" else "low"
     f.add_column("USD", justify="right")

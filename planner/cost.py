@@ -26,6 +26,7 @@ class StageCost:
     mfu: float
     device_hours: float
     cost_usd: float
+    recompute_flops: float = 0.0  # remat / micro-batch recomputation (in device_hours, not in flops: MFU counts model FLOPs)
 
 
 @dataclass(frozen=True)
@@ -74,22 +75,31 @@ def seconds_per_sample(model: str, stage: Stage, hw: Hardware) -> float:
     return sf.train_per_sample / (hw.peak_flops * mfu)
 
 
-def cost_stages(model: str, stages: Sequence[Stage], hardware: str, pricing: str) -> RunCost:
+def cost_stages(model: str, stages: Sequence[Stage], hardware: str, pricing: str,
+                execution: Sequence[tuple[int | None, str]] | None = None) -> RunCost:
+    """``execution``: per stage (micro_batch, remat) as run; their recomputed FLOPs are priced
+    (``planner.memory.remat_extra_flops_per_sample``)."""
+    from planner.memory import remat_extra_flops_per_sample
+
     hw = get_hardware(hardware)
     rate = hw.price(pricing).usd_per_device_hour
     width = decode_variant(model).image.width
     out = []
-    for st in stages:
+    for i, st in enumerate(stages):
         sf = stage_flops(model, st)
         tokens = stage_tokens(model, st)
         mfu = hw.mfu.mfu(tokens, width)
-        hours = sf.total / (hw.peak_flops * mfu) / 3600.0
-        out.append(StageCost(st.samples, st.image_res, tokens, sf.train_per_sample, sf.total, mfu, hours, hours * rate))
+        micro, remat = execution[i] if execution else (None, "none")
+        extra = remat_extra_flops_per_sample(model, st, remat, micro) * st.samples  # type: ignore[arg-type]
+        hours = (sf.total + extra) / (hw.peak_flops * mfu) / 3600.0
+        out.append(StageCost(st.samples, st.image_res, tokens, sf.train_per_sample, sf.total, mfu, hours, hours * rate,
+                             extra))
     return RunCost(decode_variant(model).name, hw.name, pricing, rate, out)
 
 
 def cost_spec(spec: RunSpec, hardware: str | None = None, pricing: str | None = None) -> RunCost:
-    return cost_stages(spec.model, spec.stages, hardware or spec.hardware, pricing or spec.pricing)
+    execution = [(spec.stage_train(i).micro_batch, spec.stage_train(i).remat) for i in range(len(spec.stages))]
+    return cost_stages(spec.model, spec.stages, hardware or spec.hardware, pricing or spec.pricing, execution)
 
 
 def dollars_for_flops(flops: float, tokens_per_sample: int, width: int, hardware: str, pricing: str) -> float:

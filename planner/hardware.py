@@ -48,6 +48,26 @@ class TpuInfo(_Strict):
         return f"{self.prefix}-{chips * (2 if self.suffix_counts == 'cores' else 1)}"
 
 
+class Preemption(_Strict):
+    """Expected spot preemptions per host and day (a slice stops when any of its hosts is preempted)."""
+
+    per_host_day: Annotated[float, Field(ge=0)]
+    date: str
+    source: str
+
+
+class Calendar(_Strict):
+    """What turns device-hours into wall-clock on a slice (``planner.wallclock``); each number has its basis."""
+
+    interconnect_gb_s: Annotated[float, Field(gt=0)]  # per-device all-reduce bandwidth within the slice / a host
+    inter_host_gb_s: Annotated[float, Field(gt=0)]  # per-device bandwidth once a slice spans hosts (GPUs: the NIC)
+    max_chips: Annotated[int, Field(gt=0)]
+    provision_hours: Annotated[float, Field(ge=0)]  # request to first step (queued resource / VM boot, image pull)
+    checkpoint_gb_s_per_host: Annotated[float, Field(gt=0)]  # checkpoint write and restore rate per host
+    basis: str
+    spot_preemption: Preemption | None = None
+
+
 class Hardware(_Strict):
     name: str
     description: str
@@ -58,6 +78,7 @@ class Hardware(_Strict):
     prices: dict[str, Price]
     mfu: MfuModel
     tpu: TpuInfo | None = None
+    calendar: Calendar | None = None
 
     def price(self, pricing: str) -> Price:
         if pricing.startswith("custom:"):

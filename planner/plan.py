@@ -99,15 +99,24 @@ def make_plan(
     top: int = 5,
     out: Path | None = None,
     binding: Binding | None = None,
+    slice_chips: int | None = None,
+    deadline_hours: float | None = None,
 ) -> PlanResult:
     """Plan and write the plan folder. Raises ClipaError for bad input or when no candidate fits the budget.
 
     ``binding``: where the data, evaluation set and tokenizer are (``planner.binding.resolve_binding``); written into
     the spec, and the body says whether the plan is executable and what is missing. For a ``clipa data synth`` folder
     the CPU search space goes up to the data's resolution. On CPU hardware candidates are
-    priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound."""
+    priced with the measured overhead (``planner.pilot.overhead_for``): tiny towers there are not FLOP-bound.
+
+    ``slice_chips`` (default: one host) and ``deadline_hours``: on accelerators every candidate is checked against
+    the slice's memory and given a wall-clock and billed dollars (``planner.wallclock``); ``hardware="any"`` searches
+    every catalogued hardware and pricing together."""
     dataset = canonical_dataset(dataset)
-    hw = get_hardware(hardware or "a100-80gb")
+    any_hw = (hardware or "").strip().lower() == "any"
+    if any_hw and pricing:
+        raise ClipaError("pricing", "--hardware any chooses the pricing too; leave --pricing out")
+    hw = get_hardware("tpu-v5e" if any_hw else (hardware or "a100-80gb"))
     pricing = pricing or default_pricing(hw.name)
     hw.price(pricing)  # validates the pricing name before any work
     if objective not in ("mean", "p10"):
@@ -124,12 +133,24 @@ def make_plan(
     folder = dataset_folder(binding or Binding())
     profile, measured = profile_for(folder) if folder is not None else (None, None)
     space = space_for(hw, profile.resolution if profile else None)
-    cands = enumerate_candidates(space, hw.name, pricing)
     overhead = None
-    if hw.kind == "cpu":
+    calendar_notes: list[str] = []
+    if hw.kind == "cpu" and not any_hw:
+        cands = enumerate_candidates(space, hw.name, pricing)
         overhead = overhead_for(hw.name)
         cands = apply_overhead(cands, space, overhead, hw.price(pricing).usd_per_device_hour)
-    considered = len(cands)
+        considered = len(cands)
+        if slice_chips not in (None, 1):
+            raise ClipaError("slice", f"{hw.name} is one device; --slice {slice_chips} needs accelerator hardware")
+        if deadline_hours is not None:  # one device, nothing to provision: wall-clock = device-hours
+            cands = cands[cands["device_hours"] <= deadline_hours]
+            if cands.empty:
+                raise ClipaError("deadline", f"no candidate on {hw.name} finishes in {deadline_hours:g} h")
+    else:
+        from planner.wallclock import calendar_candidates
+
+        cands, considered, calendar_notes = calendar_candidates(space, None if any_hw else (hw.name, pricing),
+                                                                 budget_usd, slice_chips, deadline_hours)
     affordable = cands[cands["cost_usd"] <= budget_usd]
     if affordable.empty:
         cheapest = cands.loc[cands["cost_usd"].idxmin()]
@@ -163,9 +184,20 @@ def make_plan(
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
 
     stages = candidate_stages(chosen_row, space)
+    train: dict[str, Any] = {}
+    if hasattr(chosen_row, "chips"):
+        from planner.wallclock import chosen_calendar
+
+        hw = get_hardware(chosen_row.hardware)
+        pricing = chosen_row.pricing
+        stages, train, cal = chosen_calendar(chosen_row.model, stages, hw, pricing, int(chosen_row.chips))
+        chosen.update(cal, compute_usd=float(chosen_row.compute_usd))  # cost_usd: billed, overheads included
+        for r, row in zip(runners, ranked.iloc[1: max(top, 1)].itertuples()):
+            r.update({"hardware": row.hardware, "pricing": row.pricing, "chips": int(row.chips),
+                      "wall_clock_hours": float(row.wall_clock_hours)})
     spec = spec_from_dict({
         "model": chosen_row.model, "dataset": dataset, "hardware": hw.name, "pricing": pricing, **fields,
-        "stages": [s.model_dump(mode="json") for s in stages],
+        "stages": [s.model_dump(mode="json", exclude_none=True) for s in stages], **({"train": train} if train else {}),
     })
     other_hw = []
     for name, other in catalog().items():
@@ -174,8 +206,13 @@ def make_plan(
             other_hw.append({"hardware": name, "pricing": pr, "device_hours": c.device_hours, "cost_usd": c.cost_usd})
     front = frontier(ranked, value=key)
 
-    request = {"budget_usd": budget_usd, "hardware": hw.name, "pricing": pricing, "dataset": dataset,
+    request = {"budget_usd": budget_usd, "hardware": "any" if any_hw else hw.name,
+               "pricing": "any" if any_hw else pricing, "dataset": dataset,
                "objective": objective, "fit_version": fit_version}
+    if slice_chips is not None:
+        request["slice"] = slice_chips
+    if deadline_hours is not None:
+        request["deadline_hours"] = deadline_hours
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
     request_notes += [measured] if measured else []
@@ -198,7 +235,7 @@ def make_plan(
         "plan_id": plan_id,
         **request,
         "candidates_considered": considered,
-        "notes": request_notes,
+        "notes": request_notes + calendar_notes,
         "candidates_within_budget": int(len(affordable)),
         "executable": not missing,
         "missing": missing,

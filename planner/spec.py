@@ -61,6 +61,10 @@ class Stage(_Frozen):
     warmup_samples: Annotated[int, Field(ge=0, description="linear warm-up length in samples")] = 0
     init: str = Field("previous", description="'scratch', 'previous' (last stage's weights), 'checkpoint:PATH' or "
                                               "'checkpoint:open_clip:DIR' (an open_clip model folder)")
+    # Execution settings of this stage (how it fits in device memory, not what it learns): None falls back to
+    # train.micro_batch / train.remat. Stages differ in batch and resolution, so one global setting cannot serve all.
+    micro_batch: Annotated[int, Field(gt=0)] | None = Field(None, description="per-step slice of this stage's batch")
+    remat: Literal["none", "full", "dots"] | None = Field(None, description="rematerialisation policy of this stage")
 
     @field_validator("init")
     @classmethod
@@ -77,6 +81,8 @@ class Stage(_Frozen):
             raise ValueError(f"image_mask '{self.image_mask.value}' needs a mask_ratio above 0")
         if self.warmup_samples > self.samples:
             raise ValueError("warmup_samples exceeds the stage's samples")
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ValueError(f"micro_batch {self.micro_batch} does not divide batch_size {self.batch_size}")
         return self
 
     @property
@@ -182,12 +188,18 @@ class RunSpec(_Frozen):
                 raise ValueError("stages[0].init: the first stage cannot start from 'previous'")
         if self.train.micro_batch is not None:
             for i, st in enumerate(self.stages):
-                if st.batch_size % self.train.micro_batch:
+                if st.micro_batch is None and st.batch_size % self.train.micro_batch:
                     raise ValueError(
                         f"train.micro_batch: {self.train.micro_batch} does not divide stages[{i}].batch_size "
                         f"{st.batch_size}"
                     )
         return self
+
+    def stage_train(self, index: int) -> TrainOptions:
+        """The train options stage ``index`` executes with: its own micro_batch/remat where set, else the run's."""
+        st = self.stages[index]
+        update = {k: getattr(st, k) for k in ("micro_batch", "remat") if getattr(st, k) is not None}
+        return self.train.model_copy(update=update) if update else self.train
 
     # --- identity ---------------------------------------------------------------------------------------------
     def content(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ REGISTRARS: list[str] = [
     "trainer.pilot_cli",
     "trainer.rehearse_cli",
     "trainer.export.cli",
+    "trainer.fit_check_cli",
 ]
 
 _registered = False

@@ -286,7 +286,7 @@ def preflight(spec: RunSpec, mesh) -> None:
         check_resolution(v, st.image_res, field=f"stages[{i}].image_res")
         if st.text_len > v.max_text_len:
             raise ClipaError(f"stages[{i}].text_len", f"{st.text_len} exceeds {v.name}'s {v.max_text_len} positions")
-        meshlib.check_layout(st.batch_size, mesh, spec.train.micro_batch, field=f"stages[{i}].batch_size")
+        meshlib.check_layout(st.batch_size, mesh, spec.stage_train(i).micro_batch, field=f"stages[{i}].batch_size")
         if st.init.startswith(open_clip_io.INIT_PREFIX):
             open_clip_io.check_folder(st.init.removeprefix(open_clip_io.INIT_PREFIX), field=f"stages[{i}].init")
         elif st.init.startswith("checkpoint:"):
@@ -604,7 +604,7 @@ def train(
                             "params_fingerprint": param_fingerprint(state["params"]), "image_res": st.image_res,
                             "text_len": st.text_len, "mask": mask.strategy, "mask_ratio": mask.ratio})
             carried = None
-            step_fn = make_train_step(cfg, mask, st, spec.train, mesh)
+            step_fn = make_train_step(cfg, mask, st, spec.stage_train(k), mesh)
             hooks.begin_stage(k, cfg)
             local = meshlib.local_batch_size(st.batch_size)
 

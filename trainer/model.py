@@ -99,7 +99,7 @@ class ModelConfig:
             posemb=spec.train.posemb,
             pool=pool,
             dtype=resolve_compute_dtype(spec.train.compute_dtype),
-            remat=spec.train.remat,
+            remat=st.remat or spec.train.remat,  # the stage's own policy, else the run's
             eot_id=eot_id,
         )
 
