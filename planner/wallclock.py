@@ -211,7 +211,8 @@ def candidate_work(cands, space, hw: Hardware, chips: int):
     import numpy as np
     import pandas as pd
 
-    from planner.search import FULL_TEXT, ft_batch, make_stage
+    from planner.recipe import FULL_TEXT_LEN
+    from planner.search import ft_batch, make_stage
 
     check_slice(hw, chips)
     cal = hw.calendar
@@ -252,7 +253,7 @@ def candidate_work(cands, space, hw: Hardware, chips: int):
         ft_steps = np.zeros(len(space.finetunes))
         for k, opt in enumerate(space.finetunes):
             for j, ft in enumerate(opt):
-                st = make_stage(model, j + 1, 1_000_000, ft_batch(ft, space), ft.res, FULL_TEXT, ft.mask_ratio)
+                st = make_stage(model, j + 1, 1_000_000, ft_batch(ft, space), ft.res, FULL_TEXT_LEN, ft.mask_ratio)
                 ft_steps[k] += ft.samples / st.batch_size
                 for m in modes:
                     h, ok = per_sample(model, st, m, j + 1)
@@ -307,7 +308,7 @@ def calendar_candidates(space, hw_pricing: tuple[str, str] | None, budget_usd: f
     import pandas as pd
 
     from planner.hardware import catalog
-    from planner.schedule import format_schedule
+    from planner.recipe import format_schedule
     from planner.search import candidate_stages, enumerate_candidates
 
     if hw_pricing is not None:

@@ -183,7 +183,7 @@ def rehearse_run(spec: RunSpec, out: Path, say: Callable[[str], None] = print) -
         c["detail"] = check_eval(tiny)
 
     from trainer.loop import param_fingerprint, train
-    from trainer.model import TrainedModel
+    from trainer.embed import TrainedModel
 
     run_dir = out / spec.run_id
     if run_dir.exists():

@@ -8,7 +8,8 @@ from trainer_helpers import make_spec
 
 from planner.errors import ClipaError
 from planner.spec import spec_from_dict
-from trainer.loop import _JIT_CACHE, make_train_step, preflight
+from trainer.compiled import _PROGRAMS
+from trainer.loop import make_train_step, preflight
 from trainer.mesh import make_mesh
 from trainer.model import MaskConfig, ModelConfig
 
@@ -25,7 +26,7 @@ def test_stage_settings_override_the_run_and_fall_back_to_it():
     preflight(spec, mesh)  # stage 1's micro-batch 4 divides its batch 8 (the run's 8 would too; 16 for stage 0)
     cfg = ModelConfig.for_stage(spec, 1)
     make_train_step(cfg, MaskConfig.for_stage(spec.stages[1]), spec.stages[1], spec.stage_train(1), mesh)
-    built = [k for k in _JIT_CACHE if k[0] == "step" and k[1] == cfg]
+    built = [k for k in _PROGRAMS if k[0] == "step" and k[1] == cfg]
     assert built and built[-1][4].micro_batch == 4 and built[-1][1].remat == "full"
 
 
