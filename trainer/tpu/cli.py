@@ -306,10 +306,13 @@ def logs_cmd(
         for raw in iter(proc.stdout.readline, b""):
             sys.stdout.write(redact(raw.decode("utf-8", "replace").rstrip("\n")) + "\n")
             sys.stdout.flush()
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        code = proc.wait()
+    except BaseException:
+        # Interrupted (Ctrl-C on --follow, a closed stdout): stop the reader. After a plain end of output the
+        # process may still be exiting, so it is waited for, not terminated (that turned exit 0 into -15).
+        proc.terminate()
+        proc.wait()
+        raise
+    code = proc.wait()
     if code != 0:
         raise typer.Exit(code)
 
