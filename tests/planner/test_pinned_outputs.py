@@ -24,7 +24,7 @@ import math
 
 import pytest
 
-from tests.planner.pinned_outputs import FIXTURE, compute, machine
+from pinned_outputs import FIXTURE, compute, machine  # pytest puts this folder on sys.path (no __init__.py)
 
 # Identities and paths: versions and ids are hashes (they change with any code change); the plan folder and the
 # command that executes it name a temporary directory (the command's wording is tested in tests/planner/test_binding.py).
