@@ -54,6 +54,15 @@ how the value was obtained (reported 1, digitized 0.7, external 0.5). Interval: 
 outside the data's range (model size, samples, tokens, text, fine-tune length, dataset; and pre-training tokens
 below the fewest any model of that size or smaller was trained with) the half-width grows by half the summed
 log-distance outside the range, and the prediction is flagged ``extrapolated``.
+
+Thin data (``thin_data``): the law carries one model size's behaviour to another and one dataset's to another, and
+the interval above only knows the fit's own noise. So the variance of a prediction grows with how thin the data are
+where it stands: the runs of its model size (``model_size``: the tower, B for B/16 and B/32) on its dataset, one of
+``THIN_LEVELS`` (many, one, none on this dataset, none of this size at all). Each level adds a variance ``w^2``
+whose width ``w`` is learned from the backtest (``planner.backtest.learn_thin_widths``: per level, the 80% quantile
+of what each out-of-sample error needs beyond its in-sample interval), stored in the fit file (``thin_data``), and
+the prediction carries the reason (``flags``, e.g. ``no g/14 on datacomp-1b``). A dataset without results is the
+dataset term's case, not this one.
 """
 
 from __future__ import annotations
@@ -106,7 +115,9 @@ DATASET_BOUND = 3.0  # |log multiplier| of a dataset's reducible error
 # The uncertainty of a new dataset's multiplier is the spread of the fitted ones, but at least this: DataComp-1B
 # sits 0.26 below LAION-400M, so a web-scale dataset of unknown curation can be that far off either way.
 MIN_DATASET_SD = 0.25
-PREDICTION_COLUMNS = ["predicted_top1", "low", "high", "extrapolated"]
+PREDICTION_COLUMNS = ["predicted_top1", "low", "high", "extrapolated", "flags"]
+# how thin the data are where a run stands: runs of its model size on its dataset (planner.accuracy.thin_data)
+THIN_LEVELS = ("many runs", "one run", "no run on the dataset", "no run of the size")
 
 
 class Prediction(NamedTuple):
@@ -114,6 +125,53 @@ class Prediction(NamedTuple):
     low: float
     high: float
     extrapolated: bool
+    flags: tuple[str, ...] = ()  # thin data where the run stands, e.g. "no g/14 on datacomp-1b"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# thin data
+
+
+def model_size(model: str) -> str:
+    """The model size a run counts for: its image tower (``B`` for B/16 and B/32)."""
+    return str(model).split("/")[0]
+
+
+def cell_counts(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Fitted runs per model size and dataset: ``{size: {dataset: runs}}``."""
+    counts = rows.groupby([rows["model"].map(model_size), rows["dataset"].astype(str)]).size()
+    out: dict[str, dict[str, int]] = {}
+    for (size, ds), n in sorted(counts.items()):
+        out.setdefault(size, {})[ds] = int(n)
+    return out
+
+
+def thin_level(cells: dict[str, dict[str, int]], model: str, dataset: str) -> int:
+    """Index into ``THIN_LEVELS`` of a run of ``model`` on ``dataset`` given the fitted runs ``cells``; 0 for a
+    dataset without results (the dataset term widens those)."""
+    if not any(dataset in by_ds for by_ds in cells.values()):
+        return 0
+    size = cells.get(model_size(model), {})
+    n = size.get(dataset, 0)
+    return 0 if n >= 2 else 1 if n == 1 else 2 if size else 3
+
+
+def thin_reason(cells: dict[str, dict[str, int]], model: str, dataset: str) -> tuple[str, ...]:
+    """The flag of a thin cell (empty where the model size has several runs on the dataset)."""
+    level, size = thin_level(cells, model, dataset), model_size(model)
+    return ((), (f"one {size} run on {dataset}",),
+            (f"no {model} on {dataset}",), (f"no {model} on {dataset} (no {size} run anywhere)",))[level]
+
+
+def thin_data(fit: LawFit, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Per row: the thin-data level, its learned variance (points^2; 0 while the fit has no widths) and flags."""
+    cells = fit.thin.get("cells", {})
+    widths = fit.thin.get("widths")
+    pairs = list(zip(features["model"].astype(str), features["dataset"].astype(str)))
+    memo = {pr: (thin_level(cells, *pr), thin_reason(cells, *pr)) for pr in set(pairs)}
+    level = np.array([memo[pr][0] for pr in pairs], dtype=int)
+    var = np.asarray(widths, dtype=float)[level] ** 2 if widths else np.zeros(len(pairs))
+    return level, var, [memo[pr][1] for pr in pairs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,30 +183,41 @@ def _is_named(dataset: str) -> bool:
     return not is_local(dataset)
 
 
-def predict_frame(fit: LawFit, features: pd.DataFrame) -> pd.DataFrame:
-    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated.
+def predict_frame(fit: LawFit, features: pd.DataFrame, detail: bool = False) -> pd.DataFrame:
+    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, flags
+    (thin data, ``thin_data``); with ``detail`` also the interval's parts (``planner.law.predict``: sd, the range
+    excess) and the thin-data level.
 
     Rows of a fitted local study (``fit.studies``) are predicted by that study's fit (a different quantity than
-    ImageNet top-1; with its range excess columns, ``planner.studies``). Vectorised (``planner.law.predict``)."""
+    ImageNet top-1; with its range excess columns, ``planner.studies``; no flags). Vectorised."""
     if len(features) == 0:
         return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS}, index=features.index)
     own = np.array([d in fit.studies for d in features["dataset"]], dtype=bool) if fit.studies else None
     if own is not None and own.any():
         from planner.studies import predict_study
 
-        parts = [predict_frame(law.without_studies(fit), features[~own])] if (~own).any() else []
+        parts = [predict_frame(law.without_studies(fit), features[~own], detail)] if (~own).any() else []
         for ds in sorted(set(features["dataset"][own])):
-            parts.append(predict_study(fit.studies[ds], features[features["dataset"] == ds]))
+            part = predict_study(fit.studies[ds], features[features["dataset"] == ds])
+            part["flags"] = [()] * len(part)
+            parts.append(part)
         out = pd.concat(parts).reindex(features.index)
         out["extrapolated"] = out["extrapolated"].astype(bool)
         return out
-    return law.predict(fit, IMAGENET_LAW, features, _is_named)[PREDICTION_COLUMNS]
+    level, var, flags = thin_data(fit, features)
+    out = law.predict(fit, IMAGENET_LAW, features, _is_named, extra_var=var)
+    out["flags"] = flags
+    if detail:
+        out["thin_level"] = level
+        return out
+    return out[PREDICTION_COLUMNS]
 
 
 def predict_stages(fit: LawFit, model: str, dataset: str, stages: list) -> Prediction:
     """One run's prediction (see ``predict_frame``)."""
     row = predict_frame(fit, features_frame([run_features(model, dataset, stages)])).iloc[0]
-    return Prediction(float(row.predicted_top1), float(row.low), float(row.high), bool(row.extrapolated))
+    return Prediction(float(row.predicted_top1), float(row.low), float(row.high), bool(row.extrapolated),
+                      tuple(row.flags))
 
 
 def extrapolation_reasons(fit: LawFit, feats: dict) -> list[str]:
@@ -210,8 +279,10 @@ def fitting_data(include_runs: bool = True) -> FitData:
 
 
 def code_hash() -> str:
-    """The study's code identity: the law, the feature definitions and this configuration."""
-    return law.files_hash(*law.LAW_FILES, Path(__file__).resolve(), salt=MODEL_VERSION)
+    """The study's code identity: the law, the feature definitions, this configuration and the backtest (which
+    learns the thin-data widths a fit file carries)."""
+    here = Path(__file__).resolve()
+    return law.files_hash(*law.LAW_FILES, here, here.parent / "backtest.py", salt=MODEL_VERSION)
 
 
 def _param_table(datasets: list[str], reference: str) -> list[Param]:
@@ -299,9 +370,10 @@ def fit_accuracy(
     vals = np.array(list(dsets.values()))
     dataset_sd = float(max(np.std(vals, ddof=1) if len(vals) > 1 else 0.0, MIN_DATASET_SD))
 
+    # the thin-data widths are learned by the backtest and attached by load_or_fit; the counts are this fit's
     fit = LawFit(kind=IMAGENET_LAW.kind, params=p, free=list(names), cov=cov.tolist(), sigma=sigma,
                  ranges=law.data_ranges(named, token_floor=True), datasets=dsets, dataset_sd=dataset_sd,
-                 model_version=MODEL_VERSION)
+                 model_version=MODEL_VERSION, thin={"cells": cell_counts(named)})
     pred = top1(p, X, ds_rows)
     err = pred - y
     fam = named["family"].to_numpy() if "family" in named else np.array(["?"] * len(named))
@@ -349,6 +421,7 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
     def fit_now() -> LawFit:
         fit = fit_accuracy(data)
         fit.version, fit.data_hash, fit.code_hash = version, dh, ch
+        fit.thin["widths"] = thin_widths(ch)
         return fit
 
     fit = law.cached_or_fit(f"{version}.json", dh, ch, refit, fit_now)
@@ -356,3 +429,27 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
 
     fit.studies = load_or_fit_studies(fit.params, refit=refit, include_runs=include_runs)
     return fit
+
+
+def thin_widths(code: str) -> list[float]:
+    """The thin-data widths (points, one per ``THIN_LEVELS``) of this code: learned by the backtest of the published
+    rows (``planner.backtest.learn_thin_widths``), so executed runs change a fit's cell counts but not its widths.
+    Read from the published rows' fit file (shipped in results/fits/, or cached) whatever ``refit`` says; learned
+    (the backtest: half a minute) and saved with that fit only when no file of this code has them."""
+    published = fitting_data(include_runs=False)
+    ph = published.hash()
+    version = law.fit_version(ph, code)
+
+    def learn() -> LawFit:
+        from planner.backtest import run_backtest
+
+        bt = run_backtest(published)
+        fit = bt.full
+        fit.version, fit.data_hash, fit.code_hash = version, ph, code
+        fit.thin["widths"] = bt.widths
+        return fit
+
+    fit = law.cached_or_fit(f"{version}.json", ph, code, False, learn)
+    if not fit.thin.get("widths"):  # a file of this code written without them: learn them now
+        fit = law.cached_or_fit(f"{version}.json", ph, code, True, learn)
+    return [float(w) for w in fit.thin["widths"]]
