@@ -217,7 +217,7 @@ def predict_stages(fit: LawFit, model: str, dataset: str, stages: list) -> Predi
     """One run's prediction (see ``predict_frame``)."""
     row = predict_frame(fit, features_frame([run_features(model, dataset, stages)])).iloc[0]
     return Prediction(float(row.predicted_top1), float(row.low), float(row.high), bool(row.extrapolated),
-                      tuple(row.flags))
+                      tuple(row["flags"]))
 
 
 def extrapolation_reasons(fit: LawFit, feats: dict) -> list[str]:

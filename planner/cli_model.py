@@ -59,7 +59,7 @@ def predict(
         "interval": [round(float(row.low), 3), round(float(row.high), 3)],
         "extrapolated": bool(row.extrapolated),
         "extrapolation": reasons,
-        "flags": list(row.flags),  # thin data where the run stands (planner.accuracy.thin_data)
+        "flags": list(row["flags"]),  # thin data where the run stands (planner.accuracy.thin_data)
         "fit_version": fit.version_for(s.dataset),
     }
     if json_out:
