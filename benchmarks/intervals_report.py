@@ -61,6 +61,25 @@ def plan_rows(fit, label: str) -> list[str]:
     return rows
 
 
+def best_per_model(fit) -> list[str]:
+    """Under ``p10``: each model's candidate with the highest low end within $10k (with thin data)."""
+    from planner.accuracy import predict_frame
+    from planner.plan import make_plan
+
+    seen = {}
+
+    def predictor(f):
+        seen["f"], seen["p"] = f, predict_frame(fit, f)
+        return seen["p"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_plan(10000.0, predictor, fit.version, objective="p10", out=Path(tmp) / "p")
+    p = seen["p"].assign(model=seen["f"]["model"])
+    best = p.sort_values(["low", "predicted_top1"], ascending=False).groupby("model").head(1)
+    return [f"| {r.model} | {r.predicted_top1:.1f} | [{r.low:.1f}, {r.high:.1f}] | {'; '.join(r.flags) or '-'} |"
+            for r in best.itertuples()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT.parent / "docs" / "intervals.md"))
@@ -74,6 +93,7 @@ def main() -> None:
         bt = run_backtest()
         without = replace(fit, thin={**fit.thin, "widths": [0.0] * len(THIN_LEVELS)})
         plans = plan_rows(without, "without thin data") + plan_rows(fit, "with thin data")
+        per_model = best_per_model(fit)
     s = bt.summary
     lines = [
         "# Intervals and thin data (issue 19, part 1)",
@@ -105,6 +125,12 @@ def main() -> None:
         "| intervals | objective | chosen | cost | top-1 % | 80% interval | flags |",
         "|---|---|---|---:|---:|---:|---|",
         *plans,
+        "",
+        "With thin data, each model's best candidate within $10k by the low end of its interval (`--objective p10`):",
+        "",
+        "| model | top-1 % | 80% interval | flags |",
+        "|---|---:|---:|---|",
+        *per_model,
         "",
     ]
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
