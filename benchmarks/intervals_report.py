@@ -103,7 +103,7 @@ def main() -> None:
         "",
         "The ImageNet study's 80% interval adds a variance per prediction for how thin the data are where it stands: "
         "the runs of its model size on its dataset (`planner.accuracy.thin_data`). The widths are learned by "
-        "`planner.backtest.learn_thin_widths` from out-of-sample predictions at each level (the 80% quantile of what "
+        "`planner.accuracy.learn_thin_widths` from out-of-sample predictions at each level (the 80% quantile of what "
         "an error needs beyond its in-sample interval; non-decreasing with thinness) and stored in the fit file.",
         "",
         "| thin-data level | width (points, sd) | learned from predictions |",

@@ -1,21 +1,17 @@
-"""Out-of-sample checks of the accuracy model on the published rows, and the thin-data widths learned from them.
+"""Out-of-sample checks of the accuracy model on the published rows, with and without the thin-data term.
 
 Leave-one-out refits the law without one published run and predicts it (the Figure-2 drops stay in every fit).
 Leave-one-group-out removes a whole model size (B, L, H, bigG: every patch size of that tower, and its Figure-2
 curve) or a whole dataset, so that the prediction is the extrapolation a user gets for a size or dataset without
-results. Two more refits per model size x dataset cell measure thin data inside it: the cell left out (the size has
-runs on other datasets only) and the cell thinned to its middle run (one run there). Refits start from the full
-fit's parameters, so the whole backtest takes seconds, not minutes.
+results. Each model size x dataset cell is also left out (the size has runs on other datasets only) and thinned to
+its middle run (one run there). The refits are ``planner.accuracy.out_of_sample``; the thin-data widths are learned
+from all of them (``planner.accuracy.learn_thin_widths``, the widths a fit file carries).
 
-Thin-data widths (``learn_thin_widths``, used by ``planner.accuracy.thin_data``): every out-of-sample prediction
-above has a thin-data level relative to its refit (``planner.accuracy.THIN_LEVELS``); what its error needs beyond
-its in-sample interval is ``need = sqrt(max(0, (|error| / (z m))^2 - sd^2))`` (z: the 80% quantile, m: the range
-widening, sd: the in-sample standard deviation), and a level's width is the 80% quantile of ``need`` over its
-predictions, made non-decreasing from many runs to none. Predictions of a size outside the refit's model-size range
-(B or bigG left out) and of a dataset without results are left out of the learning: the range widening and the
-dataset term are theirs. Each prediction's interval is reported with the widths (``low``, ``high``, ``covered``)
-and without (``covered_without_thin``); coverage with widths learned without the group itself is
-``covered_cross`` (honest for the left-out groups, whose errors otherwise set their own width).
+Each prediction's interval is reported with the widths (``low``, ``high``, ``covered``) and without
+(``covered_without_thin``: the refit's own interval). The widths come from these same predictions, so a left-out
+group's own errors helped set its width: ``covered_cross`` uses widths learned without the group (for the groups
+left out; the honest number there). Predictions of a size outside the refit's model-size range (B or bigG left out)
+and of a dataset without results are not learned from: the range widening and the dataset term are theirs.
 """
 
 from __future__ import annotations
@@ -26,11 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from planner.accuracy import (THIN_LEVELS, FitData, fit_accuracy, fitting_data, model_size, predict_frame,
-                              thin_level)
-from planner.law import WIDEN_PER_LOG, LawFit
-
-THIN_QUANTILE = 0.8  # a level's width covers this share of its out-of-sample errors (the interval is 80%)
+from planner.accuracy import THIN_LEVELS, FitData, fitting_data, learn_thin_widths, out_of_sample, with_thin_widths
+from planner.law import LawFit
 
 
 @dataclass
@@ -39,7 +32,7 @@ class Backtest:
     groups: pd.DataFrame  # one row per (kind, group) left out: n, mae, worst, coverage
     group_rows: pd.DataFrame  # the group-out predictions row by row
     summary: dict[str, Any] = field(default_factory=dict)
-    cell_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # cell left out / thinned to one run
+    cell_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # cells left out / thinned to one run
     widths: list[float] = field(default_factory=list)  # learned thin-data widths, one per THIN_LEVELS
     full: LawFit | None = None  # the fit of every row (no widths attached)
 
@@ -53,15 +46,6 @@ class Backtest:
             "worst_rows": w[cols].to_dict(orient="records"),
             "leave_one_out": self.loo[cols].to_dict(orient="records"),
         }
-
-
-def _subset(data: FitData, keep_rows: np.ndarray, keep_drops: np.ndarray) -> FitData:
-    return FitData(
-        rows=data.rows[keep_rows].reset_index(drop=True),
-        drops_masked=data.drops_masked[keep_drops].reset_index(drop=True),
-        drops_unmasked=data.drops_unmasked[keep_drops].reset_index(drop=True),
-        drops=data.drops[keep_drops].reset_index(drop=True),
-    )
 
 
 def _stats(df: pd.DataFrame) -> dict[str, Any]:
@@ -79,129 +63,32 @@ def _stats(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _frame(rows: pd.DataFrame, fit: LawFit, label: str = "") -> pd.DataFrame:
-    """A refit's predictions of ``rows`` (its own interval, no widths) with what learning the widths needs."""
-    pred = predict_frame(fit, rows, detail=True)
-    out = rows[["key", "family", "model", "dataset", "top1"]].copy()
-    out = out.join(pred[["predicted_top1", "low", "high", "extrapolated", "sd"]])
-    out["error"] = out["predicted_top1"] - out["top1"]
-    out["covered"] = (out["top1"] >= out["low"]) & (out["top1"] <= out["high"])
-    out["z"] = fit.quantile
-    out["widen"] = 1.0 + WIDEN_PER_LOG * (pred["samples_excess"] + pred["other_excess"])
-    out["thin_level"] = [thin_level(fit.thin["cells"], m, d) for m, d in zip(rows["model"], rows["dataset"])]
-    lo, hi = fit.ranges["n_params"]
-    n = rows["n_params"].to_numpy(float)
-    known = rows["dataset"].isin(list(fit.datasets)).to_numpy()
-    # learned from: a size inside the refit's size range, on a dataset the refit has results for
-    out["learn"] = known & (n >= lo * (1 - 1e-9)) & (n <= hi * (1 + 1e-9))
-    out["source"] = label
-    return out
-
-
-def _need(df: pd.DataFrame) -> np.ndarray:
-    """Per prediction: the extra standard deviation its error needs beyond its in-sample interval (points)."""
-    scaled = df["error"].abs().to_numpy(float) / (df["z"].to_numpy(float) * df["widen"].to_numpy(float))
-    return np.sqrt(np.maximum(scaled**2 - df["sd"].to_numpy(float) ** 2, 0.0))
-
-
-def learn_thin_widths(predictions: pd.DataFrame) -> list[float]:
-    """Thin-data width per ``THIN_LEVELS`` from out-of-sample predictions (``_frame`` columns; rows with ``learn``):
-    the ``THIN_QUANTILE`` quantile of what each error needs beyond its in-sample interval, non-decreasing with
-    thinness (a level without predictions takes the thicker level's width)."""
-    df = predictions[predictions["learn"]]
-    need, level = _need(df), df["thin_level"].to_numpy(int)
-    widths, last = [], 0.0
-    for k in range(len(THIN_LEVELS)):
-        if (level == k).any():
-            last = max(last, float(np.quantile(need[level == k], THIN_QUANTILE)))
-        widths.append(last)
-    return widths
-
-
-def _apply(df: pd.DataFrame, widths: list[float], col: str = "covered") -> pd.DataFrame:
-    """The predictions' intervals with thin-data widths: low/high and ``col``."""
-    w = np.asarray(widths, dtype=float)[df["thin_level"].to_numpy(int)]
-    half = df["z"] * df["widen"] * np.sqrt(df["sd"] ** 2 + w**2)
-    covered = (df["error"].abs() <= half).to_numpy()
-    if col == "covered":
-        df["low"] = np.clip(df["predicted_top1"] - half, 0.0, 100.0)
-        df["high"] = np.clip(df["predicted_top1"] + half, 0.0, 100.0)
-    df[col] = covered
-    return df
-
-
 def run_backtest(data: FitData | None = None, schedules: pd.Series | None = None) -> Backtest:
     """Leave-one-out over the published rows, leave-one-group-out by model size and by dataset, each model size x
-    dataset cell left out and thinned to one run; the thin-data widths learned from all of them."""
+    dataset cell left out and thinned to one run; intervals with the thin-data widths learned from all of them."""
     if data is None:
         from planner.results import load_results
 
         data = fitting_data(include_runs=False)
         schedules = load_results(include_runs=False)["schedule"]
-    rows = data.rows
-    full = fit_accuracy(data)
-    start = full.params
-    n = len(rows)
-    all_drops = np.ones(len(data.drops), dtype=bool)
-
-    loo_parts = []
-    for i in range(n):
-        keep = np.ones(n, dtype=bool)
-        keep[i] = False
-        f = fit_accuracy(_subset(data, keep, all_drops), start=start, max_nfev=400)
-        loo_parts.append(_frame(rows.iloc[[i]], f, "leave one out"))
-    loo = pd.concat(loo_parts)
+    full, loo, group_rows, cell_rows = out_of_sample(data)
     loo["schedule"] = schedules.to_numpy() if schedules is not None else ""
-
-    group_frames = []
-    sizes = rows["model"].map(model_size)
-    drop_sizes = data.drops["model"].map(model_size)
-    drop_ds = data.drops_masked["dataset"]
-    for kind, labels, drop_labels in (("model size", sizes, drop_sizes), ("dataset", rows["dataset"], drop_ds)):
-        for g in sorted(set(labels)):
-            out_rows = (labels == g).to_numpy()
-            keep_drops = (drop_labels != g).to_numpy()
-            if out_rows.all():
-                continue
-            f = fit_accuracy(_subset(data, ~out_rows, keep_drops), start=start, max_nfev=600)
-            fr = _frame(rows[out_rows], f, f"{kind}: {g}")
-            fr.insert(0, "left_out", f"{kind}: {g}")
-            fr.insert(1, "kind", kind)
-            fr.insert(2, "group", g)
-            group_frames.append(fr)
-    group_rows = pd.concat(group_frames) if group_frames else pd.DataFrame()
-
-    # thin cells: each size x dataset cell left out (where the size has runs elsewhere and the dataset has other
-    # runs) and each cell of several runs thinned to its middle run by top-1
-    cell_frames = []
-    for (size, ds), idx in rows.groupby([sizes, rows["dataset"]]).groups.items():
-        in_cell = rows.index.isin(idx)
-        cell_drops = ((drop_sizes == size) & (drop_ds == ds)).to_numpy()
-        if (in_cell | (sizes != size).to_numpy()).all() or (in_cell | (rows["dataset"] != ds).to_numpy()).all():
-            pass  # the size or the dataset has no other runs: its group-out is this case
-        else:
-            f = fit_accuracy(_subset(data, ~in_cell, ~cell_drops), start=start, max_nfev=600)
-            cell_frames.append(_frame(rows[in_cell], f, f"cell left out: {size} on {ds}"))
-        if in_cell.sum() >= 2:
-            cell = rows[in_cell].sort_values(["top1", "key"])
-            middle = cell.index[len(cell) // 2]
-            thinned = in_cell & (rows.index != middle)
-            f = fit_accuracy(_subset(data, ~thinned, ~cell_drops), start=start, max_nfev=600)
-            cell_frames.append(_frame(rows[thinned], f, f"cell thinned to one run: {size} on {ds}"))
-    cell_rows = pd.concat(cell_frames) if cell_frames else pd.DataFrame()
-
     every = pd.concat([loo, group_rows, cell_rows], ignore_index=True)
     widths = learn_thin_widths(every)
-    for df in (loo, group_rows, cell_rows):
-        if len(df):
-            df["covered_without_thin"] = df["covered"]
-            _apply(df, widths)
-            df["covered_cross"] = df["covered"]
-    # a group's coverage with widths learned without it: the honest number for what its errors taught the widths
-    for label in set(group_rows["left_out"]) if len(group_rows) else ():
-        mine = group_rows["left_out"] == label
+
+    def widened(df: pd.DataFrame) -> pd.DataFrame:
+        if len(df) == 0:
+            return df
+        out = with_thin_widths(df, widths)
+        out["covered_without_thin"] = df["covered"].to_numpy()
+        out["covered_cross"] = out["covered"]
+        return out
+
+    loo, group_rows, cell_rows = widened(loo), widened(group_rows), widened(cell_rows)
+    for label in sorted(set(group_rows["left_out"])) if len(group_rows) else ():
+        mine = (group_rows["left_out"] == label).to_numpy()
         w = learn_thin_widths(every[every["source"] != label])
-        group_rows.loc[mine, "covered_cross"] = _apply(group_rows[mine].copy(), w, "c")["c"].to_numpy()
+        group_rows.loc[mine, "covered_cross"] = with_thin_widths(group_rows[mine], w)["covered"].to_numpy()
 
     groups = pd.DataFrame([{"kind": fr["kind"].iloc[0], "group": fr["group"].iloc[0], **_stats(fr)}
                            for _, fr in group_rows.groupby("left_out", sort=False)]) if len(group_rows) else \
