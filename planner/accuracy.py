@@ -59,10 +59,10 @@ Thin data (``thin_data``): the law carries one model size's behaviour to another
 the interval above only knows the fit's own noise. So the variance of a prediction grows with how thin the data are
 where it stands: the runs of its model size (``model_size``: the tower, B for B/16 and B/32) on its dataset, one of
 ``THIN_LEVELS`` (many, one, none on this dataset, none of this size at all). Each level adds a variance ``w^2``
-whose width ``w`` is learned from the backtest's refits (``out_of_sample``, ``learn_thin_widths``: per level, the 80%
-quantile of what each out-of-sample error needs beyond its in-sample interval), stored in the fit file (``thin_data``), and
-the prediction carries the reason (``flags``, e.g. ``no g/14 on datacomp-1b``). A dataset without results is the
-dataset term's case, not this one.
+whose width ``w`` is learned from the backtest's refits (``out_of_sample``, ``learn_thin_widths``: per level, the
+80% quantile of what each out-of-sample error needs beyond its in-sample interval), stored in the fit file
+(``thin_data``; ``thin_widths``), and the prediction carries the reason (``flags``, e.g. ``no g/14 on
+datacomp-1b``). A dataset without results is the dataset term's case, not this one.
 """
 
 from __future__ import annotations
