@@ -54,6 +54,15 @@ how the value was obtained (reported 1, digitized 0.7, external 0.5). Interval: 
 outside the data's range (model size, samples, tokens, text, fine-tune length, dataset; and pre-training tokens
 below the fewest any model of that size or smaller was trained with) the half-width grows by half the summed
 log-distance outside the range, and the prediction is flagged ``extrapolated``.
+
+Thin data (``thin_data``): the law carries one model size's behaviour to another and one dataset's to another, and
+the interval above only knows the fit's own noise. So the variance of a prediction grows with how thin the data are
+where it stands: the runs of its model size (``model_size``: the tower, B for B/16 and B/32) on its dataset, one of
+``THIN_LEVELS`` (many, one, none on this dataset, none of this size at all). Each level adds a variance ``w^2``
+whose width ``w`` is learned from the backtest's refits (``out_of_sample``, ``learn_thin_widths``: per level, the
+80% quantile of what each out-of-sample error needs beyond its in-sample interval), stored in the fit file
+(``thin_data``; ``thin_widths``), and the prediction carries the reason (``flags``, e.g. ``no g/14 on
+datacomp-1b``). A dataset without results is the dataset term's case, not this one.
 """
 
 from __future__ import annotations
@@ -106,7 +115,9 @@ DATASET_BOUND = 3.0  # |log multiplier| of a dataset's reducible error
 # The uncertainty of a new dataset's multiplier is the spread of the fitted ones, but at least this: DataComp-1B
 # sits 0.26 below LAION-400M, so a web-scale dataset of unknown curation can be that far off either way.
 MIN_DATASET_SD = 0.25
-PREDICTION_COLUMNS = ["predicted_top1", "low", "high", "extrapolated"]
+PREDICTION_COLUMNS = ["predicted_top1", "low", "high", "extrapolated", "flags"]
+# how thin the data are where a run stands: runs of its model size on its dataset (planner.accuracy.thin_data)
+THIN_LEVELS = ("many runs", "one run", "no run on the dataset", "no run of the size")
 
 
 class Prediction(NamedTuple):
@@ -114,6 +125,53 @@ class Prediction(NamedTuple):
     low: float
     high: float
     extrapolated: bool
+    flags: tuple[str, ...] = ()  # thin data where the run stands, e.g. "no g/14 on datacomp-1b"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# thin data
+
+
+def model_size(model: str) -> str:
+    """The model size a run counts for: its image tower (``B`` for B/16 and B/32)."""
+    return str(model).split("/")[0]
+
+
+def cell_counts(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Fitted runs per model size and dataset: ``{size: {dataset: runs}}``."""
+    counts = rows.groupby([rows["model"].map(model_size), rows["dataset"].astype(str)]).size()
+    out: dict[str, dict[str, int]] = {}
+    for (size, ds), n in sorted(counts.items()):
+        out.setdefault(size, {})[ds] = int(n)
+    return out
+
+
+def thin_level(cells: dict[str, dict[str, int]], model: str, dataset: str) -> int:
+    """Index into ``THIN_LEVELS`` of a run of ``model`` on ``dataset`` given the fitted runs ``cells``; 0 for a
+    dataset without results (the dataset term widens those)."""
+    if not any(dataset in by_ds for by_ds in cells.values()):
+        return 0
+    size = cells.get(model_size(model), {})
+    n = size.get(dataset, 0)
+    return 0 if n >= 2 else 1 if n == 1 else 2 if size else 3
+
+
+def thin_reason(cells: dict[str, dict[str, int]], model: str, dataset: str) -> tuple[str, ...]:
+    """The flag of a thin cell (empty where the model size has several runs on the dataset)."""
+    level, size = thin_level(cells, model, dataset), model_size(model)
+    return ((), (f"one {size} run on {dataset}",),
+            (f"no {model} on {dataset}",), (f"no {model} on {dataset} (no {size} run anywhere)",))[level]
+
+
+def thin_data(fit: LawFit, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Per row: the thin-data level, its learned variance (points^2; 0 while the fit has no widths) and flags."""
+    cells = fit.thin.get("cells", {})
+    widths = fit.thin.get("widths")
+    pairs = list(zip(features["model"].astype(str), features["dataset"].astype(str)))
+    memo = {pr: (thin_level(cells, *pr), thin_reason(cells, *pr)) for pr in set(pairs)}
+    level = np.array([memo[pr][0] for pr in pairs], dtype=int)
+    var = np.asarray(widths, dtype=float)[level] ** 2 if widths else np.zeros(len(pairs))
+    return level, var, [memo[pr][1] for pr in pairs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,30 +183,41 @@ def _is_named(dataset: str) -> bool:
     return not is_local(dataset)
 
 
-def predict_frame(fit: LawFit, features: pd.DataFrame) -> pd.DataFrame:
-    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated.
+def predict_frame(fit: LawFit, features: pd.DataFrame, detail: bool = False) -> pd.DataFrame:
+    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, flags
+    (thin data, ``thin_data``); with ``detail`` also the interval's parts (``planner.law.predict``: sd, the range
+    excess) and the thin-data level.
 
     Rows of a fitted local study (``fit.studies``) are predicted by that study's fit (a different quantity than
-    ImageNet top-1; with its range excess columns, ``planner.studies``). Vectorised (``planner.law.predict``)."""
+    ImageNet top-1; with its range excess columns, ``planner.studies``; no flags). Vectorised."""
     if len(features) == 0:
         return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS}, index=features.index)
     own = np.array([d in fit.studies for d in features["dataset"]], dtype=bool) if fit.studies else None
     if own is not None and own.any():
         from planner.studies import predict_study
 
-        parts = [predict_frame(law.without_studies(fit), features[~own])] if (~own).any() else []
+        parts = [predict_frame(law.without_studies(fit), features[~own], detail)] if (~own).any() else []
         for ds in sorted(set(features["dataset"][own])):
-            parts.append(predict_study(fit.studies[ds], features[features["dataset"] == ds]))
+            part = predict_study(fit.studies[ds], features[features["dataset"] == ds])
+            part["flags"] = [()] * len(part)
+            parts.append(part)
         out = pd.concat(parts).reindex(features.index)
         out["extrapolated"] = out["extrapolated"].astype(bool)
         return out
-    return law.predict(fit, IMAGENET_LAW, features, _is_named)[PREDICTION_COLUMNS]
+    level, var, flags = thin_data(fit, features)
+    out = law.predict(fit, IMAGENET_LAW, features, _is_named, extra_var=var)
+    out["flags"] = flags
+    if detail:
+        out["thin_level"] = level
+        return out
+    return out[PREDICTION_COLUMNS]
 
 
 def predict_stages(fit: LawFit, model: str, dataset: str, stages: list) -> Prediction:
     """One run's prediction (see ``predict_frame``)."""
     row = predict_frame(fit, features_frame([run_features(model, dataset, stages)])).iloc[0]
-    return Prediction(float(row.predicted_top1), float(row.low), float(row.high), bool(row.extrapolated))
+    return Prediction(float(row.predicted_top1), float(row.low), float(row.high), bool(row.extrapolated),
+                      tuple(row["flags"]))
 
 
 def extrapolation_reasons(fit: LawFit, feats: dict) -> list[str]:
@@ -210,7 +279,8 @@ def fitting_data(include_runs: bool = True) -> FitData:
 
 
 def code_hash() -> str:
-    """The study's code identity: the law, the feature definitions and this configuration."""
+    """The study's code identity: the law, the feature definitions and this configuration (the thin-data widths a
+    fit file carries are learned here too)."""
     return law.files_hash(*law.LAW_FILES, Path(__file__).resolve(), salt=MODEL_VERSION)
 
 
@@ -299,9 +369,10 @@ def fit_accuracy(
     vals = np.array(list(dsets.values()))
     dataset_sd = float(max(np.std(vals, ddof=1) if len(vals) > 1 else 0.0, MIN_DATASET_SD))
 
+    # the thin-data widths are learned by the backtest and attached by load_or_fit; the counts are this fit's
     fit = LawFit(kind=IMAGENET_LAW.kind, params=p, free=list(names), cov=cov.tolist(), sigma=sigma,
                  ranges=law.data_ranges(named, token_floor=True), datasets=dsets, dataset_sd=dataset_sd,
-                 model_version=MODEL_VERSION)
+                 model_version=MODEL_VERSION, thin={"cells": cell_counts(named)})
     pred = top1(p, X, ds_rows)
     err = pred - y
     fam = named["family"].to_numpy() if "family" in named else np.array(["?"] * len(named))
@@ -349,6 +420,7 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
     def fit_now() -> LawFit:
         fit = fit_accuracy(data)
         fit.version, fit.data_hash, fit.code_hash = version, dh, ch
+        fit.thin["widths"] = thin_widths(ch)
         return fit
 
     fit = law.cached_or_fit(f"{version}.json", dh, ch, refit, fit_now)
@@ -356,3 +428,144 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
 
     fit.studies = load_or_fit_studies(fit.params, refit=refit, include_runs=include_runs)
     return fit
+
+
+def thin_widths(code: str) -> list[float]:
+    """The thin-data widths (points, one per ``THIN_LEVELS``) of this code: learned from the out-of-sample
+    predictions of the published rows (``out_of_sample``, ``learn_thin_widths``), so executed runs change a fit's
+    cell counts but not its widths. Read from the published rows' fit file (shipped in results/fits/, or cached)
+    whatever ``refit`` says; learned (half a minute of refits) and saved with that fit only when no file of this
+    code has them."""
+    published = fitting_data(include_runs=False)
+    ph = published.hash()
+    version = law.fit_version(ph, code)
+
+    def learn() -> LawFit:
+        full, *predictions = out_of_sample(published)
+        full.version, full.data_hash, full.code_hash = version, ph, code
+        full.thin["widths"] = learn_thin_widths(pd.concat(predictions, ignore_index=True))
+        return full
+
+    fit = law.cached_or_fit(f"{version}.json", ph, code, False, learn)
+    if not fit.thin.get("widths"):  # a file of this code written without them: learn them now
+        fit = law.cached_or_fit(f"{version}.json", ph, code, True, learn)
+    return [float(w) for w in fit.thin["widths"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# out-of-sample predictions (the backtest's refits, planner.backtest) and the thin-data widths learned from them
+
+THIN_QUANTILE = 0.8  # a level's width covers this share of its out-of-sample errors (the interval is 80%)
+
+
+def _subset(data: FitData, keep_rows: np.ndarray, keep_drops: np.ndarray) -> FitData:
+    return FitData(
+        rows=data.rows[keep_rows].reset_index(drop=True),
+        drops_masked=data.drops_masked[keep_drops].reset_index(drop=True),
+        drops_unmasked=data.drops_unmasked[keep_drops].reset_index(drop=True),
+        drops=data.drops[keep_drops].reset_index(drop=True),
+    )
+
+
+def oos_frame(rows: pd.DataFrame, fit: LawFit, label: str = "") -> pd.DataFrame:
+    """A refit's predictions of ``rows`` (its own interval, no widths) with what learning the widths needs: the
+    in-sample sd, the 80% quantile ``z``, the range widening, the thin-data level and whether it is learned from."""
+    pred = predict_frame(fit, rows, detail=True)
+    out = rows[["key", "family", "model", "dataset", "top1"]].copy()
+    out = out.join(pred[["predicted_top1", "low", "high", "extrapolated", "sd"]])
+    out["error"] = out["predicted_top1"] - out["top1"]
+    out["covered"] = (out["top1"] >= out["low"]) & (out["top1"] <= out["high"])
+    out["z"] = fit.quantile
+    out["widen"] = 1.0 + law.WIDEN_PER_LOG * (pred["samples_excess"] + pred["other_excess"])
+    out["thin_level"] = pred["thin_level"]
+    lo, hi = fit.ranges["n_params"]
+    n = rows["n_params"].to_numpy(float)
+    known = rows["dataset"].isin(list(fit.datasets)).to_numpy()
+    # learned from: a size inside the refit's size range, on a dataset the refit has results for
+    out["learn"] = known & (n >= lo * (1 - 1e-9)) & (n <= hi * (1 + 1e-9))
+    out["source"] = label
+    return out
+
+
+def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The fit of every row, and ``oos_frame`` predictions of refits without: each row (leave-one-out), each model
+    size and each dataset (leave-one-group-out; ``left_out``, ``kind``, ``group`` columns), each model size x dataset
+    cell (where the size has runs elsewhere and the dataset other runs) and each cell of several runs thinned to its
+    middle run by top-1. Refits start from the full fit's parameters (seconds each, not minutes)."""
+    rows = data.rows
+    full = fit_accuracy(data)
+    start = full.params
+    n = len(rows)
+    all_drops = np.ones(len(data.drops), dtype=bool)
+    loo = []
+    for i in range(n):
+        keep = np.ones(n, dtype=bool)
+        keep[i] = False
+        f = fit_accuracy(_subset(data, keep, all_drops), start=start, max_nfev=400)
+        loo.append(oos_frame(rows.iloc[[i]], f, "leave one out"))
+
+    groups = []
+    sizes = rows["model"].map(model_size)
+    drop_sizes = data.drops["model"].map(model_size)
+    drop_ds = data.drops_masked["dataset"]
+    for kind, labels, drop_labels in (("model size", sizes, drop_sizes), ("dataset", rows["dataset"], drop_ds)):
+        for g in sorted(set(labels)):
+            out_rows = (labels == g).to_numpy()
+            if out_rows.all():
+                continue
+            f = fit_accuracy(_subset(data, ~out_rows, (drop_labels != g).to_numpy()), start=start, max_nfev=600)
+            fr = oos_frame(rows[out_rows], f, f"{kind}: {g}")
+            fr.insert(0, "left_out", f"{kind}: {g}")
+            fr.insert(1, "kind", kind)
+            fr.insert(2, "group", g)
+            groups.append(fr)
+
+    cells = []
+    for (size, ds), idx in rows.groupby([sizes, rows["dataset"]]).groups.items():
+        in_cell = rows.index.isin(idx)
+        cell_drops = ((drop_sizes == size) & (drop_ds == ds)).to_numpy()
+        # a size or dataset without other runs: its group-out above is this case
+        if not ((in_cell | (sizes != size).to_numpy()).all() or (in_cell | (rows["dataset"] != ds).to_numpy()).all()):
+            f = fit_accuracy(_subset(data, ~in_cell, ~cell_drops), start=start, max_nfev=600)
+            cells.append(oos_frame(rows[in_cell], f, f"cell left out: {size} on {ds}"))
+        if in_cell.sum() >= 2:
+            cell = rows[in_cell].sort_values(["top1", "key"])
+            thinned = in_cell & (rows.index != cell.index[len(cell) // 2])
+            f = fit_accuracy(_subset(data, ~thinned, ~cell_drops), start=start, max_nfev=600)
+            cells.append(oos_frame(rows[thinned], f, f"cell thinned to one run: {size} on {ds}"))
+
+    def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames) if frames else pd.DataFrame()
+
+    return full, cat(loo), cat(groups), cat(cells)
+
+
+def _need(df: pd.DataFrame) -> np.ndarray:
+    """Per prediction: the extra standard deviation its error needs beyond its in-sample interval (points)."""
+    scaled = df["error"].abs().to_numpy(float) / (df["z"].to_numpy(float) * df["widen"].to_numpy(float))
+    return np.sqrt(np.maximum(scaled**2 - df["sd"].to_numpy(float) ** 2, 0.0))
+
+
+def learn_thin_widths(predictions: pd.DataFrame) -> list[float]:
+    """Thin-data width per ``THIN_LEVELS`` from out-of-sample predictions (``oos_frame`` rows with ``learn``): the
+    ``THIN_QUANTILE`` quantile of what each error needs beyond its in-sample interval, ``sqrt(max(0, (|error| /
+    (z widen))^2 - sd^2))``, non-decreasing with thinness (a level without predictions takes the thicker one's)."""
+    df = predictions[predictions["learn"]]
+    need, level = _need(df), df["thin_level"].to_numpy(int)
+    widths, last = [], 0.0
+    for k in range(len(THIN_LEVELS)):
+        if (level == k).any():
+            last = max(last, float(np.quantile(need[level == k], THIN_QUANTILE)))
+        widths.append(last)
+    return widths
+
+
+def with_thin_widths(df: pd.DataFrame, widths: list[float]) -> pd.DataFrame:
+    """``oos_frame`` predictions with the thin-data widths in their intervals: low, high and covered."""
+    w = np.asarray(widths, dtype=float)[df["thin_level"].to_numpy(int)]
+    half = df["z"] * df["widen"] * np.sqrt(df["sd"] ** 2 + w**2)
+    df = df.copy()
+    df["low"] = np.clip(df["predicted_top1"] - half, 0.0, 100.0)
+    df["high"] = np.clip(df["predicted_top1"] + half, 0.0, 100.0)
+    df["covered"] = (df["error"].abs() <= half).to_numpy()
+    return df

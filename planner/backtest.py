@@ -1,10 +1,17 @@
-"""Out-of-sample checks of the accuracy model on the published rows: leave-one-out and leave-one-group-out.
+"""Out-of-sample checks of the accuracy model on the published rows, with and without the thin-data term.
 
 Leave-one-out refits the law without one published run and predicts it (the Figure-2 drops stay in every fit).
 Leave-one-group-out removes a whole model size (B, L, H, bigG: every patch size of that tower, and its Figure-2
 curve) or a whole dataset, so that the prediction is the extrapolation a user gets for a size or dataset without
-results. Each prediction carries the 80% interval of the refit; coverage is the share of actual values inside it.
-Refits start from the full fit's parameters, so the whole backtest takes seconds, not minutes.
+results. Each model size x dataset cell is also left out (the size has runs on other datasets only) and thinned to
+its middle run (one run there). The refits are ``planner.accuracy.out_of_sample``; the thin-data widths are learned
+from all of them (``planner.accuracy.learn_thin_widths``, the widths a fit file carries).
+
+Each prediction's interval is reported with the widths (``low``, ``high``, ``covered``) and without
+(``covered_without_thin``: the refit's own interval). The widths come from these same predictions, so a left-out
+group's own errors helped set its width: ``covered_cross`` uses widths learned without the group (for the groups
+left out; the honest number there). Predictions of a size outside the refit's model-size range (B or bigG left out)
+and of a dataset without results are not learned from: the range widening and the dataset term are theirs.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from planner.accuracy import FitData, fit_accuracy, fitting_data, predict_frame
+from planner.accuracy import THIN_LEVELS, FitData, fitting_data, learn_thin_widths, out_of_sample, with_thin_widths
+from planner.law import LawFit
 
 
 @dataclass
@@ -24,6 +32,9 @@ class Backtest:
     groups: pd.DataFrame  # one row per (kind, group) left out: n, mae, worst, coverage
     group_rows: pd.DataFrame  # the group-out predictions row by row
     summary: dict[str, Any] = field(default_factory=dict)
+    cell_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # cells left out / thinned to one run
+    widths: list[float] = field(default_factory=list)  # learned thin-data widths, one per THIN_LEVELS
+    full: LawFit | None = None  # the fit of every row (no widths attached)
 
     def to_dict(self, worst: int = 10) -> dict[str, Any]:
         cols = ["key", "family", "model", "dataset", "schedule", "top1", "predicted_top1", "low", "high", "error",
@@ -37,15 +48,6 @@ class Backtest:
         }
 
 
-def _subset(data: FitData, keep_rows: np.ndarray, keep_drops: np.ndarray) -> FitData:
-    return FitData(
-        rows=data.rows[keep_rows].reset_index(drop=True),
-        drops_masked=data.drops_masked[keep_drops].reset_index(drop=True),
-        drops_unmasked=data.drops_unmasked[keep_drops].reset_index(drop=True),
-        drops=data.drops[keep_drops].reset_index(drop=True),
-    )
-
-
 def _stats(df: pd.DataFrame) -> dict[str, Any]:
     if len(df) == 0:
         return {"n": 0}
@@ -55,65 +57,54 @@ def _stats(df: pd.DataFrame) -> dict[str, Any]:
         "mae": float(e.mean()),
         "worst": float(e.max()),
         "coverage80": float(df["covered"].mean()),
+        "coverage80_without_thin": float(df["covered_without_thin"].mean()),
+        "coverage80_cross": float(df["covered_cross"].mean()),
         "extrapolated": int(df["extrapolated"].sum()),
     }
 
 
-def _frame(rows: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
-    out = rows[["key", "family", "model", "dataset", "top1"]].copy()
-    out = out.join(pred)
-    out["error"] = out["predicted_top1"] - out["top1"]
-    out["covered"] = (out["top1"] >= out["low"]) & (out["top1"] <= out["high"])
-    return out
-
-
 def run_backtest(data: FitData | None = None, schedules: pd.Series | None = None) -> Backtest:
-    """Leave-one-out over the published rows and leave-one-group-out by model size and by dataset."""
+    """Leave-one-out over the published rows, leave-one-group-out by model size and by dataset, each model size x
+    dataset cell left out and thinned to one run; intervals with the thin-data widths learned from all of them."""
     if data is None:
         from planner.results import load_results
 
         data = fitting_data(include_runs=False)
         schedules = load_results(include_runs=False)["schedule"]
-    rows = data.rows
-    full = fit_accuracy(data)
-    start = full.params
-    n = len(rows)
-    all_drops = np.ones(len(data.drops), dtype=bool)
-
-    preds = []
-    for i in range(n):
-        keep = np.ones(n, dtype=bool)
-        keep[i] = False
-        f = fit_accuracy(_subset(data, keep, all_drops), start=start, max_nfev=400)
-        preds.append(predict_frame(f, rows.iloc[[i]]))
-    loo = _frame(rows, pd.concat(preds))
+    full, loo, group_rows, cell_rows = out_of_sample(data)
     loo["schedule"] = schedules.to_numpy() if schedules is not None else ""
+    every = pd.concat([loo, group_rows, cell_rows], ignore_index=True)
+    widths = learn_thin_widths(every)
 
-    group_frames, group_stats = [], []
-    sizes = rows["model"].str.split("/").str[0]
-    drop_sizes = data.drops["model"].str.split("/").str[0]
-    drop_ds = data.drops_masked["dataset"]
-    for kind, labels, drop_labels in (("model size", sizes, drop_sizes), ("dataset", rows["dataset"], drop_ds)):
-        for g in sorted(set(labels)):
-            out_rows = (labels == g).to_numpy()
-            keep_drops = (drop_labels != g).to_numpy()
-            if out_rows.all():
-                continue
-            f = fit_accuracy(_subset(data, ~out_rows, keep_drops), start=start, max_nfev=600)
-            fr = _frame(rows[out_rows], predict_frame(f, rows[out_rows]))
-            fr.insert(0, "left_out", f"{kind}: {g}")
-            group_frames.append(fr)
-            group_stats.append({"kind": kind, "group": g, **_stats(fr)})
-    group_rows = pd.concat(group_frames) if group_frames else pd.DataFrame()
-    groups = pd.DataFrame(group_stats)
+    def widened(df: pd.DataFrame) -> pd.DataFrame:
+        if len(df) == 0:
+            return df
+        out = with_thin_widths(df, widths)
+        out["covered_without_thin"] = df["covered"].to_numpy()
+        out["covered_cross"] = out["covered"]
+        return out
 
+    loo, group_rows, cell_rows = widened(loo), widened(group_rows), widened(cell_rows)
+    for label in sorted(set(group_rows["left_out"])) if len(group_rows) else ():
+        mine = (group_rows["left_out"] == label).to_numpy()
+        w = learn_thin_widths(every[every["source"] != label])
+        group_rows.loc[mine, "covered_cross"] = with_thin_widths(group_rows[mine], w)["covered"].to_numpy()
+
+    groups = pd.DataFrame([{"kind": fr["kind"].iloc[0], "group": fr["group"].iloc[0], **_stats(fr)}
+                           for _, fr in group_rows.groupby("left_out", sort=False)]) if len(group_rows) else \
+        pd.DataFrame()
+    learned = every[every["learn"]]
     summary = {
         "fit_metrics": full.metrics,
         "loo_all": _stats(loo),
         "loo_by_family": {fam: _stats(loo[loo["family"] == fam]) for fam in sorted(set(loo["family"]))},
         "group_out_all": _stats(group_rows) if len(group_rows) else {"n": 0},
+        "thin_widths": dict(zip(THIN_LEVELS, widths)),
+        "thin_learned_from": {lv: int((learned["thin_level"] == k).sum()) for k, lv in enumerate(THIN_LEVELS)},
+        "cells": _stats(cell_rows) if len(cell_rows) else {"n": 0},
     }
-    return Backtest(loo=loo, groups=groups, group_rows=group_rows, summary=summary)
+    return Backtest(loo=loo, groups=groups, group_rows=group_rows, summary=summary, cell_rows=cell_rows,
+                    widths=widths, full=full)
 
 
 def plot_backtest(bt: Backtest, path: str) -> str:

@@ -316,7 +316,8 @@ def plan(
         print_json({
             "budget_usd": body["budget_usd"],
             "chosen": {k: c[k] for k in ("model", "dataset", "schedule", "cost_usd", "device_hours", "predicted_top1",
-                                          "interval", "extrapolated", "run_id", "spec", *_CALENDAR_KEYS) if k in c},
+                                          "interval", "extrapolated", "flags", "run_id", "spec", *_CALENDAR_KEYS)
+                       if k in c},
             "candidates_considered": body["candidates_considered"],
             "candidates_within_budget": body["candidates_within_budget"],
             "plan_dir": str(result.plan_dir),
@@ -341,8 +342,9 @@ _CALENDAR_KEYS = ("compute_usd", "hardware", "pricing", "chips", "hosts", "shard
 
 
 def _flags(c: dict) -> str:
-    """The flags column: extrapolated, and on a slice the wall-clock (and hardware, under --hardware any)."""
-    out = ["extrapolated"] if c["extrapolated"] else []
+    """The flags column: extrapolated, thin data (e.g. no g/14 on datacomp-1b), and on a slice the wall-clock (and
+    hardware, under --hardware any)."""
+    out = (["extrapolated"] if c["extrapolated"] else []) + list(c.get("flags", []))
     if "wall_clock_hours" in c:
         out.append(f"{fmt_hours(c['wall_clock_hours'])} h on {c['chips']} x {c['hardware']} {c['pricing']}")
     return ", ".join(out)

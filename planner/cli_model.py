@@ -59,6 +59,7 @@ def predict(
         "interval": [round(float(row.low), 3), round(float(row.high), 3)],
         "extrapolated": bool(row.extrapolated),
         "extrapolation": reasons,
+        "flags": list(row["flags"]),  # thin data where the run stands (planner.accuracy.thin_data)
         "fit_version": fit.version_for(s.dataset),
     }
     if json_out:
@@ -71,7 +72,7 @@ def predict(
         f"predicted zero-shot {task} top-1 [bold]{out['predicted_top1']:.1f}%[/bold], "
         f"80% interval [{out['interval'][0]:.1f}, {out['interval'][1]:.1f}]{flag}"
     )
-    for r in reasons:
+    for r in reasons + out["flags"]:
         console.print(f"  - {r}")
     console.print(f"[dim]fit {out['fit_version']}[/dim]")
 
@@ -94,19 +95,23 @@ def backtest(json_out: JsonOpt = False, plot: PlotOpt = None) -> None:
         print_json(json_safe(out))
         return
     t = Table(title="Leave-one-out over the published runs")
-    for col in ("rows", "n", "MAE", "worst", "80% coverage"):
+    for col in ("rows", "n", "MAE", "worst", "80% coverage", "without thin data"):
         t.add_column(col, justify="right")
     s = bt.summary
     for name, st in list(s["loo_by_family"].items()) + [("all", s["loo_all"])]:
-        t.add_row(name, str(st["n"]), f"{st['mae']:.2f}", f"{st['worst']:.2f}", f"{st['coverage80']:.0%}")
+        t.add_row(name, str(st["n"]), f"{st['mae']:.2f}", f"{st['worst']:.2f}", f"{st['coverage80']:.0%}",
+                  f"{st['coverage80_without_thin']:.0%}")
     console.print(t)
     g = Table(title="Leave-one-group-out (predicting a size or dataset with no results in the fit)")
-    for col in ("left out", "n", "MAE", "worst", "80% coverage", "extrapolated"):
+    for col in ("left out", "n", "MAE", "worst", "80% coverage", "without thin data", "widths learned without it",
+                "extrapolated"):
         g.add_column(col, justify="right")
     for r in bt.groups.itertuples():
         g.add_row(f"{r.kind}: {r.group}", str(r.n), f"{r.mae:.2f}", f"{r.worst:.2f}", f"{r.coverage80:.0%}",
-                  str(r.extrapolated))
+                  f"{r.coverage80_without_thin:.0%}", f"{r.coverage80_cross:.0%}", str(r.extrapolated))
     console.print(g)
+    console.print("thin-data widths learned here (points of sd): " + ", ".join(
+        f"{lv} {w:.2f} ({s['thin_learned_from'][lv]} predictions)" for lv, w in s["thin_widths"].items()))
     w = Table(title="Worst leave-one-out rows")
     for col in ("model", "dataset", "schedule", "actual", "predicted", "80% interval", "error"):
         w.add_column(col, justify="right" if col not in ("model", "dataset", "schedule") else "left")

@@ -27,11 +27,12 @@ Each configuration keeps its own estimator, deliberately (the data differ): the 
 least squares with the Figure-2 drop rows, a local study a MAP fit with priors and a binomial noise floor. Both
 build on ``ParamVector`` (bounded parameter vector, priors, at-bound report) and ``covariance`` here.
 
-Interval: ``quantile x sqrt(noise^2 + g^T C g + dataset term) x (1 + WIDEN_PER_LOG x range excess)``, g the
-prediction's gradient in the free parameters (forward differences), C their covariance; the noise is the fit's
+Interval: ``quantile x sqrt(noise^2 + g^T C g + dataset term + study term) x (1 + WIDEN_PER_LOG x range excess)``,
+g the prediction's gradient in the free parameters (forward differences), C their covariance; the noise is the fit's
 residual scale, at least the evaluation split's binomial noise when the fit knows the split's size; the dataset term
-is the multipliers' spread for a dataset without results. Outside the data's range (``AXES``) the prediction is
-flagged ``extrapolated``.
+is the multipliers' spread for a dataset without results; the study term is a variance per row that a study adds for
+what its fit cannot see (the ImageNet study: thin data where the run stands, ``planner.accuracy.thin_data``). Outside
+the data's range (``AXES``) the prediction is flagged ``extrapolated``.
 
 Fits are cached as ``results/fits/<prefix><version>.json``; the version hashes the fitted rows (``data_hash``) and
 the code of the law (``code_hash``), so new runs or a changed law give a new version and old files stay as history.
@@ -316,6 +317,9 @@ class LawFit:
     assumed: list[str] = field(default_factory=list)
     # local studies' own fits by dataset, attached to the ImageNet fit; saved in their own files, not in this one
     studies: dict[str, LawFit] = field(default_factory=dict, repr=False)
+    # the ImageNet study's thin-data term (planner.accuracy.thin_data): runs per model size and dataset in the fitted
+    # rows ("cells") and the widths learned from the backtest ("widths"); empty for a local study
+    thin: dict[str, Any] = field(default_factory=dict)
 
     def version_for(self, dataset: str) -> str:
         """The fit version a prediction for ``dataset`` comes from: its study's fit for a fitted local study."""
@@ -337,7 +341,7 @@ class LawFit:
                   "sigma": self.sigma, "ranges": self.ranges, "metrics": self.metrics}
         if self.kind == "imagenet":
             return {**common, "model_version": self.model_version, "datasets": self.datasets,
-                    "dataset_sd": self.dataset_sd}
+                    "dataset_sd": self.dataset_sd, "thin_data": self.thin}
         return {**common, "kind": self.kind, "study": self.study, "dataset": self.dataset,
                 "t_quantile": self.quantile, "chance": self.chance, "t_ref": self.t_ref, "eval_n": self.eval_n,
                 "n_classes": round(100.0 / self.chance) if self.chance else None, "native_res": self.native_res,
@@ -355,7 +359,8 @@ class LawFit:
                       code_hash=d.get("code_hash", ""), metrics=d.get("metrics", {}))
         if kind == "imagenet":
             return cls(kind=kind, datasets={k: float(v) for k, v in d["datasets"].items()},
-                       dataset_sd=float(d["dataset_sd"]), model_version=d.get("model_version", ""), **common)
+                       dataset_sd=float(d["dataset_sd"]), model_version=d.get("model_version", ""),
+                       thin=dict(d.get("thin_data") or {}), **common)
         return cls(kind=kind, datasets={d["dataset"]: 0.0}, quantile=float(d["t_quantile"]),
                    chance=float(d["chance"]), t_ref=float(d["t_ref"]), eval_n=int(d["eval_n"]), study=d["study"],
                    dataset=d["dataset"], native_res=d.get("native_res"), assumed=list(d.get("assumed", [])),
@@ -395,10 +400,11 @@ def dataset_logm(fit: LawFit, datasets: np.ndarray, is_named: Callable[[str], bo
 
 
 def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
-            is_named: Callable[[str], bool] = lambda d: True) -> pd.DataFrame:
-    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, and how
-    far outside the data's range, in log units (samples_excess, other_excess). Vectorised: one pass of the law per
-    free parameter (for the interval), whatever the number of rows."""
+            is_named: Callable[[str], bool] = lambda d: True, extra_var: np.ndarray | None = None) -> pd.DataFrame:
+    """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, how
+    far outside the data's range, in log units (samples_excess, other_excess), and ``sd``: the standard deviation
+    inside the range (before the range widening) without ``extra_var``, the study's own variance per row (points^2).
+    Vectorised: one pass of the law per free parameter (for the interval), whatever the number of rows."""
     X = Design.from_frame(features, config)
     logm, known = dataset_logm(fit, X.dataset, is_named)
 
@@ -420,10 +426,12 @@ def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
     var += np.where(known, 0.0, (fit.dataset_sd * np.maximum(red, 0.0)) ** 2)
     samples_excess, other_excess = range_excess(fit.ranges, features)
     excess = samples_excess + other_excess
-    half = fit.quantile * np.sqrt(var) * (1.0 + WIDEN_PER_LOG * excess)
+    total = var if extra_var is None else var + np.asarray(extra_var, dtype=float)
+    half = fit.quantile * np.sqrt(total) * (1.0 + WIDEN_PER_LOG * excess)
     return pd.DataFrame({"predicted_top1": mean, "low": np.clip(mean - half, 0.0, 100.0),
                          "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": (excess > 1e-9) | ~known,
-                         "samples_excess": samples_excess, "other_excess": other_excess}, index=features.index)
+                         "samples_excess": samples_excess, "other_excess": other_excess, "sd": np.sqrt(var)},
+                        index=features.index)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ def _candidate_dict(row, space: SearchSpace, dataset: str) -> dict[str, Any]:
         "predicted_top1": float(row.predicted_top1),
         "interval": [float(row.low), float(row.high)],
         "extrapolated": bool(row.extrapolated),
+        # thin data where it stands (planner.accuracy.thin_data), e.g. "no g/14 on datacomp-1b"
+        "flags": list(getattr(row, "flags", ()) or ()),
     }
 
 
@@ -164,7 +166,8 @@ def make_plan(
             f"'{sched}' at {usd(cheapest.cost_usd)}",
         )
     pred = predictor(candidate_features(affordable, space, dataset))
-    ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]])
+    ranked = affordable.join(pred[["predicted_top1", "low", "high", "extrapolated"]
+                                  + (["flags"] if "flags" in pred else [])])
     key = "predicted_top1" if objective == "mean" else "low"
     # Ties (equal predictions) go to the cheaper candidate. On a local study (a pilot's few runs) an extrapolated
     # candidate's mean is a guess: the closed loop picked an unpiloted long fine-tune predicted at 73% that scored

@@ -87,3 +87,34 @@ def test_curves_and_refit_cli(capsys, tmp_path, isolated_home):
     r = json.loads(out)
     assert r["version"] and r["metrics"]["rows"] >= 50 and "gamma" in r["param_sd"]
     assert (isolated_home / "results" / "fits" / f"{r['version']}.json").exists()
+
+
+def test_thin_data_widths_are_the_backtests(bt, monkeypatch):
+    # the widths the shipped fit carries are what the backtest learns here (recomputed; tolerances of another BLAS or
+    # numpy: intervals within 0.1 points, predictions within 0.05), and they grow with thinness
+    from dataclasses import replace
+
+    from planner.accuracy import load_or_fit, predict_stages
+    from planner.schedule import parse_schedule
+
+    monkeypatch.delenv("CLIPA_HOME", raising=False)
+    shipped = load_or_fit(include_runs=False)
+    assert bt.widths == sorted(bt.widths) and bt.widths[3] > bt.widths[0] and bt.widths[2] > bt.widths[0]
+    assert bt.widths == pytest.approx(shipped.thin["widths"], abs=0.1)
+    here = replace(shipped, thin={**shipped.thin, "widths": bt.widths})
+    for model, dataset, schedule in (("g/14", "datacomp-1b", H14), ("H/14", "datacomp-1b", H14),
+                                     ("L/14", "datacomp-1b", H14), ("B/16", "laion-400m", "2B@112/16 + 128M@224/32")):
+        a, b = (predict_stages(f, model, dataset, parse_schedule(schedule, model)) for f in (shipped, here))
+        assert a.predicted_top1 == pytest.approx(b.predicted_top1, abs=0.05)
+        assert (a.low, a.high) == pytest.approx((b.low, b.high), abs=0.1), model
+
+
+def test_thin_data_raises_group_out_coverage_without_spoiling_leave_one_out(bt):
+    s = bt.summary
+    assert s["group_out_all"]["coverage80_without_thin"] < s["group_out_all"]["coverage80"]
+    # pooled over every group left out, with the widths learned without the group itself (cross-validated)
+    assert s["group_out_all"]["coverage80_cross"] >= 0.70
+    assert 0.70 <= s["loo_all"]["coverage80"] <= 0.90
+    # H left out: interpolated between L and bigG, no range flag; its interval used to miss almost every row
+    h = bt.groups.set_index("group").loc["H"]
+    assert h["coverage80_without_thin"] < 0.2 and h["coverage80"] >= 0.7

@@ -11,7 +11,8 @@ Two comparisons:
   differences of the numeric libraries may move a fit, a plan's tie-break or a backtest refit; a prediction of the
   shipped fit may not move by more than this.
 
-Keys that name a version, an identity or a place (fit version, plan id and folder, run id, spec path) are not
+Keys that name a version, an identity or a place (fit version, plan id and folder, run id, spec path, the execute
+line with its plan folder) are not
 compared: a change of the law's code is a new fit version by design (``planner.law``), and a spec's hash may change
 without a number changing. Keys the fixture does not have are ignored, so new
 outputs may be added to the commands.
