@@ -40,7 +40,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the planner pack
     sys.path.insert(0, str(REPO))
 
 from planner.datasets import canonical_dataset  # noqa: E402
-from planner.schedule import format_schedule, parse_schedule  # noqa: E402
+from planner.recipe import format_schedule  # noqa: E402
+from planner.schedule import parse_schedule  # noqa: E402
 from planner.variants import decode_variant  # noqa: E402
 
 RESULTS_COLUMNS = [
