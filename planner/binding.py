@@ -176,7 +176,8 @@ def bind_spec(spec: Any, binding: Binding) -> Any:
     return spec_from_dict({**spec.model_dump(mode="json"), **binding.fields()})
 
 
-def supply_command(target: str, missing: list[dict[str, str]]) -> str:
-    """The command that executes ``target`` with what is missing supplied."""
+def supply_command(target: str, missing: list[dict[str, str]], backend_options: list[str] = ()) -> str:
+    """The command that executes ``target`` with what is missing supplied, on the backend ``backend_options`` name
+    (``planner.hardware.run_backend_options``)."""
     args = [f"{m['option']} {m['option'].lstrip('-').upper().replace('-', '_')}" for m in missing]
-    return " ".join(["clipa run", target, *args])
+    return " ".join(["clipa run", target, *args, *backend_options])

@@ -416,12 +416,14 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
         )
     console.print(f"plan written to {plan_dir}/plan.json; run spec: {c['spec']}")
     if body.get("executable", True):
-        console.print(f"execute with:  clipa rehearse {plan_dir}  (minutes, on this machine), then  clipa run {plan_dir}")
+        console.print(f"execute with:  clipa rehearse {plan_dir}  (minutes, on this machine), then  "
+                      f"{_execute_line(body, plan_dir)}", markup=False, highlight=False, soft_wrap=True)  # copyable
     else:
         console.print("not executable yet:", markup=False, highlight=False)
         for m in body["missing"]:
             console.print(f"  missing {m['field']} ({m['option']}): {m['problem']}", markup=False, highlight=False)
-        console.print(f"supply it with:  {_execute_line(body, plan_dir)}", markup=False, highlight=False)
+        console.print(f"supply it with:  {_execute_line(body, plan_dir)}", markup=False, highlight=False,
+                      soft_wrap=True)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
 
@@ -429,8 +431,10 @@ def _print_plan(body: dict, plan_dir: Path, plot: Path | None) -> None:
 def _execute_line(body: dict, plan_dir: Path) -> str:
     """The command that runs the plan: as it is, or with what is missing supplied (planner.binding)."""
     from planner.binding import supply_command
+    from planner.hardware import run_backend_options
 
-    return supply_command(str(plan_dir), body.get("missing", []))
+    c = body["chosen"]
+    return supply_command(str(plan_dir), body.get("missing", []), run_backend_options(c["hardware"], c.get("chips")))
 
 
 @app.command()

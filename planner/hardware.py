@@ -134,3 +134,18 @@ def default_pricing(hardware: str) -> str:
     if hw.prices:
         return next(iter(hw.prices))
     raise ClipaError("pricing", f"hardware {hardware!r} has no catalogued price; pass --pricing custom:USD_PER_HOUR")
+
+
+def run_backend_options(hardware: str, chips: int | None = None) -> list[str]:
+    """The ``clipa run`` options that execute a plan on the hardware it was priced for: this machine for a CPU
+    profile, SLURM GPU nodes for a GPU profile, a Cloud TPU slice for a TPU profile (placeholders in capitals are the
+    user's: the cloud project, zone and bucket). A plan priced on 8 A100s must not start on a laptop by default."""
+    hw = get_hardware(hardware)
+    if hw.kind == "cpu":
+        return []
+    n = chips or hw.devices_per_host
+    if hw.kind == "gpu":
+        nodes = -(-n // hw.devices_per_host)
+        return ["--backend", "slurm", "--nodes", str(nodes), "--gpus-per-node", str(min(n, hw.devices_per_host))]
+    return ["--backend", "tpu", "--hardware", hw.name, "--slice", str(n), "--project", "PROJECT", "--zone", "ZONE",
+            "--bucket", "gs://BUCKET"]

@@ -50,6 +50,40 @@ def preflight(spec: RunSpec) -> None:
         raise ClipaError(m["field"], f"run {spec.run_id}: {m['problem']} (supply it with {m['option']})")
 
 
+def local_memory(devices) -> tuple[float, str]:
+    """Bytes one of this machine's JAX devices may use, and what that figure is: the accelerator's allocator limit,
+    or for CPU devices (which share the host's memory) the host's memory divided among them."""
+    import os
+
+    stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return float(stats["bytes_limit"]), f"{stats['bytes_limit'] / 1e9:.0f} GB of {devices[0].device_kind}"
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host / len(devices), f"{host / 1e9:.0f} GB of host memory shared by {len(devices)} {devices[0].platform} device(s)"
+
+
+def local_fit_problem(spec: RunSpec, elsewhere: str, rehearse: str) -> str | None:
+    """Why ``spec`` cannot train on this machine's devices, or None: a stage whose analytic peak per device
+    (``planner.memory``, with the stage's micro_batch/remat/sharding) exceeds what a local device has. Checked before
+    anything starts, so a plan priced for a GPU node or a TPU slice says where to run it (``elsewhere``) instead of
+    dying in the allocator after the data pipeline is up."""
+    import jax
+
+    from planner.memory import estimate
+
+    devices = jax.local_devices()
+    limit, what = local_memory(devices)
+    for i, st in enumerate(spec.stages):
+        opts = spec.stage_train(i)
+        est = estimate(spec.model, st, len(devices), opts.micro_batch, opts.remat, opts.sharding)
+        if est.peak_bytes > limit:
+            return (f"run {spec.run_id}: stage {i + 1} of {len(spec.stages)} ({spec.model}, batch {st.batch_size} at "
+                    f"{st.image_res} px) needs about {est.peak_bytes / 1e9:,.0f} GB per device; this machine has "
+                    f"{what}. The plan is priced for {spec.hardware}: execute it there with  {elsewhere}  "
+                    f"(check it here first with  {rehearse})")
+    return None
+
+
 def tpu_preflight(spec: RunSpec) -> None:
     """What a TPU VM cannot reach: data given as a path on this machine (it needs a URL, e.g. gs://...)."""
     for field, value in (("data", spec.data), ("eval_data", spec.eval_data)):

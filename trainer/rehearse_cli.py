@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from planner.binding import bind_spec, resolve_binding
         from planner.cli import print_json
         from trainer.rehearse import rehearse_run
-        from trainer.run_cli import _targets
+        from trainer.run_cli import _targets, execute_command
 
         plan_id, runs = _targets(target)
         if data or eval_data or tokenizer:
@@ -65,4 +65,5 @@ def register(app: typer.Typer) -> None:
             return
         where = f"; run folders kept in {folder}" if out is not None else ""
         say(f"rehearsal passed: {len(done)} run(s), {sum(len(r.checks) for r in done)} checks in {seconds:.0f} s"
-            f"{where}. Nothing was recorded; execute with: clipa run {target}")
+            f"{where}. Nothing was recorded; execute with: "
+            f"{execute_command(target, runs[0][0], {'data': data, 'eval_data': eval_data, 'tokenizer': tokenizer})}")

@@ -38,6 +38,18 @@ def _targets(target: Path):
     return None, [(load_spec(target), {})]
 
 
+def execute_command(target: Path, spec, overrides: dict[str, str | None] | None = None) -> str:
+    """The ``clipa run`` line that executes ``target`` where its plan was priced (the plan's hardware and chips;
+    a bare spec: its hardware's one host), repeating the location options given on this command line."""
+    from planner.binding import supply_command
+    from planner.hardware import run_backend_options
+    from planner.plan import load_plan
+
+    chips = load_plan(target)[0]["chosen"].get("chips") if target.is_dir() else None
+    given = [f"--{k.replace('_', '-')} {v}" for k, v in (overrides or {}).items() if v]
+    return " ".join([supply_command(str(target), [], run_backend_options(spec.hardware, chips)), *given])
+
+
 def _print_outcome(status: str, r) -> None:
     from planner.cli import console
 
@@ -117,6 +129,16 @@ def register(app: typer.Typer) -> None:
                 if not (dry_run and backend == "slurm"):
                     raise
                 blocked[spec.run_id] = str(e)  # the dry-run still shows the job, and what stops it
+            if backend == "local":
+                from trainer.closed_loop import local_fit_problem
+
+                problem = local_fit_problem(spec, execute_command(
+                    target, spec, {"data": data, "eval_data": eval_data, "tokenizer": tokenizer}),
+                    f"clipa rehearse {target}")
+                if problem and not dry_run:
+                    raise ClipaError("memory", problem)
+                if problem:
+                    blocked[spec.run_id] = f"memory: {problem}"
         launch: dict[str, tuple] = {}
         if backend == "tpu":
             from trainer.tpu.cli import launch_options
@@ -147,6 +169,8 @@ def register(app: typer.Typer) -> None:
                     item["action"] = "skip (already recorded)"
                 elif backend == "local":
                     item["action"] = "train locally, evaluate, record"
+                    if spec.run_id in blocked:
+                        item["blocked"] = blocked[spec.run_id]
                 elif backend == "slurm":
                     from trainer.slurm.launcher import dry_run as slurm_dry_run
 
@@ -209,3 +233,12 @@ def _execute_local(spec, root: Path, prediction, plan_id, progress: bool, eval_l
     except TrainingInterrupted as e:
         sys.stderr.write(f"run {spec.run_id}: {e}\n")
         raise typer.Exit(128 + e.signum) from None
+    except RuntimeError as e:  # XLA's allocator error (XlaRuntimeError); the estimate before the start missed it
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+            raise
+        first = next((ln.strip() for ln in text.splitlines() if "memory" in ln.lower()), text.splitlines()[0])
+        raise ClipaError("memory", f"run {spec.run_id}: a train step does not fit in this machine's memory "
+                                   f"({first[:200]}); checkpoints written so far are kept. Give the stage a "
+                                   "micro_batch or remat in the spec, or run it on the hardware it was priced for"
+                         ) from None

@@ -40,14 +40,42 @@ def test_plan_with_all_locations_is_executable_and_runs_dry(synth, tmp_path, cap
     assert code == 0, err
     body = json.loads(out)
     assert body["executable"] is True and body["missing"] == []
-    assert body["execute"] == f"clipa run {p}"
+    # priced on the papers' A100 node, so it executes there (not on whatever machine typed it)
+    assert body["execute"] == f"clipa run {p} --backend slurm --nodes 1 --gpus-per-node 8"
     spec = _spec(p)
     assert spec["data"] == str(synth / "train") and spec["eval_data"] == str(synth / "eval")
     assert spec["tokenizer"] == str(synth / "tokenizer.json")
     assert len(spec["stages"]) == 3 and spec["model"] in ("g/14", "bigG/14")
     code, out, err = run(["run", p, "--dry-run"], capsys)
     assert code == 0, err
-    assert json.loads(out)["runs"][0]["action"] == "train locally, evaluate, record"
+    (item,) = json.loads(out)["runs"]
+    assert item["action"] == "train locally, evaluate, record"
+    assert item["blocked"].startswith("memory: ") and body["execute"] in item["blocked"]
+
+
+def test_local_run_of_a_plan_priced_for_a_gpu_node_says_where_to_run_it(synth, tmp_path, capsys, isolated_home):
+    """The README's path typed on this CPU: `clipa run P` of the $10k plan must not start a g/14 step here and die
+    in the allocator; it names the stage, the memory and the command for the hardware the plan was priced on."""
+    p = tmp_path / "P"
+    code, out, err = run(["plan", "--budget", "10000", "--data", synth / "train", "--eval-data", synth / "eval",
+                          "--tokenizer", synth / "tokenizer.json", "--out", p], capsys)
+    assert code == 0, err
+    assert f"then  clipa run {p} --backend slurm --nodes 1 --gpus-per-node 8" in out
+    code, out, err = run(["run", p], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "memory" in err and "stage 1 of 3" in err and "GB per device" in err
+    assert f"clipa run {p} --backend slurm --nodes 1 --gpus-per-node 8" in err and f"clipa rehearse {p}" in err
+    assert not (isolated_home / "runs").exists() or not any((isolated_home / "runs").iterdir())  # nothing started
+    # a TPU-priced plan names the slice and the cloud placeholders, and repeats the locations given here
+    p2 = tmp_path / "P2"
+    code, out, err = run(["plan", "--budget", "10000", "--hardware", "tpu-v5e", "--pricing", "spot", "--slice", "64",
+                          "--data", "gs://b/dc/{0..9}.tar", "--eval-data", "gs://b/in/{0..3}.tar", "--tokenizer",
+                          synth / "tokenizer.json", "--out", p2, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["execute"] == (f"clipa run {p2} --backend tpu --hardware tpu-v5e --slice 64 --project "
+                                          "PROJECT --zone ZONE --bucket gs://BUCKET")
+    code, _, err = run(["run", p2, "--data", synth / "train", "--eval-data", synth / "eval"], capsys)
+    assert code == 2 and f"--bucket gs://BUCKET --data {synth / 'train'} --eval-data {synth / 'eval'}" in err
 
 
 def test_plan_without_eval_data_says_what_is_missing_and_how(synth, tmp_path, capsys):
@@ -75,7 +103,8 @@ def test_plan_without_data_lists_all_three(tmp_path, capsys):
     assert code == 0
     body = json.loads(out)
     assert [m["field"] for m in body["missing"]] == ["data", "eval_data", "tokenizer"]
-    assert body["execute"] == f"clipa run {tmp_path / 'P'} --data DATA --eval-data EVAL_DATA --tokenizer TOKENIZER"
+    assert body["execute"] == (f"clipa run {tmp_path / 'P'} --data DATA --eval-data EVAL_DATA --tokenizer TOKENIZER"
+                               " --backend slurm --nodes 1 --gpus-per-node 8")
 
 
 def test_bucket_data_without_tokenizer_is_not_executable(tmp_path, capsys):
