@@ -6,7 +6,7 @@ temp bytes per device, compiled FLOPs against ``planner.flops``, compile seconds
 this one process (libtpu's lock allows one process) and the JSON is rewritten after each, so a stopped run keeps
 what it measured. ``benchmarks/fit_report.py`` (and a fast test) compare these with ``planner.memory``.
 
-    .venv/bin/python benchmarks/fit_calibration.py [--only B/16] [--out benchmarks/results/fit_calibration.json]
+    .venv/bin/python benchmarks/fit_calibration.py [--only B/16] [--resume] [--out benchmarks/results/fit_calibration.json]
 """
 
 from __future__ import annotations
@@ -21,23 +21,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-# (model, image_res, text_len, global batch, micro_batch, remat, topology chips)
+# (model, image_res, text_len, global batch, micro_batch, remat, topology chips, sharding)
 GRID = [
-    ("S/16", 112, 16, 1024, None, "none", 4),
-    ("S/16", 224, 32, 256, None, "none", 4),
-    ("S/16", 224, 32, 512, None, "none", 4),
-    ("B/16", 224, 32, 256, None, "none", 4),
-    ("B/16", 112, 16, 1024, None, "none", 4),
-    ("B/16", 160, 32, 512, None, "none", 4),
-    ("B/16", 224, 32, 256, None, "full", 4),
-    ("B/16", 224, 32, 512, 256, "none", 4),
+    ("S/16", 112, 16, 1024, None, "none", 4, "data"),
+    ("S/16", 224, 32, 256, None, "none", 4, "data"),
+    ("S/16", 224, 32, 512, None, "none", 4, "data"),
+    ("B/16", 224, 32, 256, None, "none", 4, "data"),
+    ("B/16", 112, 16, 1024, None, "none", 4, "data"),
+    ("B/16", 160, 32, 512, None, "none", 4, "data"),
+    ("B/16", 224, 32, 256, None, "full", 4, "data"),
+    ("B/16", 224, 32, 512, 256, "none", 4, "data"),
+    # session 2026-12-04: dots remat (uncalibrated until then), and the regime a $10k spot plan on v5e-256 chooses
+    # (bigG/14, FSDP, dots, micro-batches), where the first constants put two stages under 16 GB that the compiler
+    # puts over it
+    ("B/16", 224, 32, 256, None, "dots", 4, "data"),
+    ("B/16", 112, 16, 1024, None, "dots", 4, "data"),
+    ("S/16", 224, 32, 512, None, "dots", 4, "data"),
+    ("H/14", 84, 8, 4096, None, "dots", 16, "fsdp"),
+    ("bigG/14", 56, 8, 65536, 16384, "dots", 256, "fsdp"),
+    ("bigG/14", 224, 32, 32768, 2048, "dots", 256, "fsdp"),
+    ("bigG/14", 56, 8, 65536, 8192, "none", 256, "fsdp"),
 ]
+
+
+def _key(p: dict) -> tuple:
+    return (p["model"], p["image_res"], p["text_len"], p["batch_size"], p["micro_batch"], p["remat"], p["chips"],
+            p.get("sharding", "data"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="only this model")
     ap.add_argument("--out", default=str(ROOT / "results" / "fit_calibration.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the points already in --out, compile the others")
     args = ap.parse_args()
 
     import jax
@@ -52,13 +68,19 @@ def main() -> None:
     out = {"benchmark": "fit_calibration", "host": platform.node(), "jax": jax.__version__,
            "libtpu": getattr(libtpu, "__version__", "?"), "hardware": hw.name, "hbm_gb": hw.memory_gb,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "points": []}
-    for model, res, text, batch, micro, remat, chips in GRID:
-        if args.only and model != args.only:
+    done: set[tuple] = set()
+    if args.resume and Path(args.out).exists():  # keep what earlier runs measured; compile only the new points
+        prev = json.loads(Path(args.out).read_text())
+        out["points"] = prev["points"]
+        out["started"] = prev.get("started", out["started"])
+        done = {_key(p) for p in out["points"]}
+    for model, res, text, batch, micro, remat, chips, sharding in GRID:
+        if (args.only and model != args.only) or (model, res, text, batch, micro, remat, chips, sharding) in done:
             continue
         stage = {"samples": 10_000_000, "batch_size": batch, "image_res": res, "text_len": text, "lr_base": 1e-5,
                  "init": "scratch", "micro_batch": micro, "remat": remat}
         spec = spec_from_dict({"model": model, "dataset": "datacomp-1b", "hardware": hw.name, "pricing": "spot",
-                               "stages": [stage]})
+                               "stages": [stage], "train": {"sharding": sharding}})
         r = compile_stage(spec, 0, hw, chips, use_cache=False)
         planner_flops = stage_flops(model, spec.stages[0]).train_per_sample * batch
         row = {"model": model, "image_res": res, "text_len": text, "batch_size": batch, **r.model_dump(mode="json"),

@@ -271,7 +271,7 @@ def plan(
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json (make one: clipa data tokenizer --data URL --out FILE)")] = None,
     slice_chips: Annotated[Optional[int], typer.Option("--slice", help="chips (GPUs) the run gets; default one host. Sets the memory fit per stage and the wall-clock")] = None,
     deadline: Annotated[Optional[str], typer.Option("--deadline", help="drop candidates that cannot finish in time: 14d, 36h, 90m, 2w")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="compile the chosen plan's stages for the TPU slice (libtpu; minutes per stage, cached) and report the compiled peaks")] = False,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="compile the chosen plan's stages for the TPU slice and report the compiled peaks (minutes per stage, cached by stage shape and topology); default: when libtpu is installed (pip install 'jax[tpu]')")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The recipe with the best predicted zero-shot ImageNet top-1 within a budget, and the run specs to execute it.
@@ -329,6 +329,7 @@ def plan(
             "other_hardware": body["other_hardware"],
             "executable": body["executable"],
             "missing": body["missing"],
+            "notes": body.get("notes", []),
             "execute": _execute_line(body, result.plan_dir),
         })
         return

@@ -155,14 +155,16 @@ def candidate_settings(batch: int, chips: int) -> list[tuple[int | None, Remat]]
 
 
 def choose_fit(model: str | ModelVariant, stage: Stage, chips: int, memory_gb: float, sharding: Sharding = "data",
-               share: float = HBM_SHARE) -> FitChoice:
+               share: float = HBM_SHARE, scale: float = 1.0) -> FitChoice:
     """The setting with the fewest extra FLOPs whose estimated peak is under ``share`` of ``memory_gb``; when none
-    fits, the one with the smallest peak, with ``fits=False``."""
+    fits, the one with the smallest peak, with ``fits=False``. ``scale`` multiplies the estimate: the correction a
+    compile of this stage showed (``trainer.fit_check.attach_compiled``)."""
     limit = share * memory_gb * 1e9
     best: FitChoice | None = None
     for mb, remat in candidate_settings(stage.batch_size, chips):
         est = estimate(model, stage, chips, mb, remat, sharding)
-        choice = FitChoice(est.peak_bytes <= limit, est, remat_extra_flops_per_sample(model, stage, remat, mb), limit)
+        choice = FitChoice(est.peak_bytes * scale <= limit, est, remat_extra_flops_per_sample(model, stage, remat, mb),
+                           limit)
         if choice.fits:
             return choice
         if best is None or est.peak_bytes < best.estimate.peak_bytes:

@@ -91,9 +91,10 @@ class StageTiming:
         return self.samples * self.device_s_per_sample / self.chips / self.efficiency / 3600.0
 
 
-def stage_timing(model: str, stage: Stage, hw: Hardware, chips: int, sharding: str) -> StageTiming:
+def stage_timing(model: str, stage: Stage, hw: Hardware, chips: int, sharding: str,
+                 memory_scale: float = 1.0) -> StageTiming:
     v = decode_variant(model)
-    fit = choose_fit(v, stage, chips, hw.memory_gb, sharding)  # type: ignore[arg-type]
+    fit = choose_fit(v, stage, chips, hw.memory_gb, sharding, scale=memory_scale)  # type: ignore[arg-type]
     base = seconds_per_sample(model, stage, hw)
     per_sample_flops = stage_flops(v, stage).train_per_sample
     dev_s = base * (1 + fit.extra_flops_per_sample / per_sample_flops)
@@ -153,19 +154,21 @@ def expected_wall_clock(work_h: float, ckpt_h: float, provision_h: float, restor
 
 
 def run_calendar(model: str, stages: Sequence[Stage], hardware: str | Hardware, pricing: str, chips: int,
-                 sharding: str | None = None) -> RunCalendar:
+                 sharding: str | None = None, memory_scales: Sequence[float] | None = None) -> RunCalendar:
     """Wall-clock, billed dollars and the per-stage fit of a run on ``chips`` devices. ``sharding`` None: data
-    parallel when every stage fits so, else FSDP."""
+    parallel when every stage fits so, else FSDP. ``memory_scales``: per stage, the factor a compile showed the
+    analytic peak to be short by (1 where none was compiled)."""
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     check_slice(hw, chips)
     v = decode_variant(model)
+    scales = list(memory_scales) if memory_scales is not None else [1.0] * len(stages)
     if sharding is None:
-        timings = [stage_timing(model, st, hw, chips, "data") for st in stages]
+        timings = [stage_timing(model, st, hw, chips, "data", k) for st, k in zip(stages, scales)]
         if not all(t.fit.fits for t in timings):
             sharding = "fsdp"
         else:
             sharding = "data"
-    timings = [stage_timing(model, st, hw, chips, sharding) for st in stages]
+    timings = [stage_timing(model, st, hw, chips, sharding, k) for st, k in zip(stages, scales)]
     cal = hw.calendar
     work = sum(t.wall_hours for t in timings)
     steps = sum(t.steps for t in timings)
@@ -363,10 +366,11 @@ def calendar_candidates(space, hw_pricing: tuple[str, str] | None, budget_usd: f
     return cands, considered, notes
 
 
-def chosen_calendar(model: str, stages: list[Stage], hw: Hardware, pricing: str, chips: int):
+def chosen_calendar(model: str, stages: list[Stage], hw: Hardware, pricing: str, chips: int,
+                    memory_scales: Sequence[float] | None = None):
     """The chosen plan's stages with their micro-batch and remat written in, the run's train options (sharding)
     and the calendar fields the plan reports."""
-    cal = run_calendar(model, stages, hw, pricing, chips)
+    cal = run_calendar(model, stages, hw, pricing, chips, memory_scales=memory_scales)
     out = [st.model_copy(update={"micro_batch": t.fit.micro_batch, "remat": t.fit.remat})
            for st, t in zip(stages, cal.stages)]
     body = {"hardware": hw.name, "pricing": pricing, **cal.to_dict()}

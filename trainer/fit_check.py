@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -211,10 +212,24 @@ def compile_stage(spec: RunSpec, index: int, hw: Hardware, chips: int, use_cache
     return out
 
 
-def attach_compiled(body: dict, plan_dir: Path, compile_: bool) -> None:
+RECHOICE_ROUNDS = 3  # compile, re-choose, recompile: at most this many re-choices per plan
+
+
+def required_bytes(result: CompiledStage, state_bytes: float) -> float:
+    """Bytes per device the compiled step needs: its peak, or for a step that did not fit, the HLO temporaries
+    the compiler reported (libtpu: "... HLO temporaries (21.93G) exceeds ...") plus the training state it keeps."""
+    import re
+
+    if result.peak_bytes:
+        return float(result.peak_bytes)
+    m = re.search(r"temporaries \(([0-9.]+)G\)", result.error or "")
+    return float(m.group(1)) * 2**30 + state_bytes if m else float("inf")
+
+
+def attach_compiled(body: dict, plan_dir: Path, compile_: bool | None) -> None:
     """Replace the chosen plan's analytic per-stage peaks by compiled ones where a compile of that exact stage and
-    slice is cached (or, with ``compile_``, after compiling it); rewrites plan.json. Without ``compile_`` this never
-    imports JAX, so ``clipa plan`` stays fast."""
+    slice is cached (or, with ``compile_``, after compiling it; None: compile when libtpu is installed); rewrites
+    plan.json. Without a compile this never imports JAX, so ``clipa plan`` stays fast where libtpu is absent."""
     from planner.hardware import get_hardware
     from planner.spec import load_spec
     from planner.store import atomic_write_text
@@ -224,24 +239,78 @@ def attach_compiled(body: dict, plan_dir: Path, compile_: bool) -> None:
     if hw.name not in TPU_FAMILIES:
         return
     spec = load_spec(c["spec"])
+    auto = compile_ is None
+    if auto:
+        compile_ = libtpu_available()
     can_compile = compile_ and libtpu_available()
+    try:
+        _attach(body, plan_dir, spec, hw, bool(compile_), can_compile)
+    except ClipaError as e:  # e.g. libtpu's lock held by another process: asked for, it is an error; by default, a note
+        if not auto:
+            raise
+        body.setdefault("notes", []).append(f"not compiled ({e}); memory numbers are analytic")
+        atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")
+
+
+def _attach(body: dict, plan_dir: Path, spec: RunSpec, hw: Hardware, compile_: bool, can_compile: bool) -> None:
+    from planner.store import atomic_write_text
+
+    c = body["chosen"]
+    if can_compile and any(cached_result(spec, i, hw, c["chips"]) is None for i in range(len(c["stages"]))):
+        sys.stderr.write(f"compiling the chosen plan's {len(c['stages'])} stages for {c['chips']} {hw.name} chips "
+                         "(libtpu; minutes per stage, cached; --no-compile skips it)\n")
     if compile_ and not can_compile:
         body.setdefault("notes", []).append("--compile: libtpu is not installed (pip install 'jax[tpu]'); memory "
                                             "numbers are analytic")
+    chips, n = c["chips"], len(c["stages"])
+    scales = [1.0] * n
+    rechosen: dict[int, str] = {}
+    for attempt in range(RECHOICE_ROUNDS + 1):
+        got = [compile_stage(spec, i, hw, chips) if can_compile else cached_result(spec, i, hw, chips)
+               for i in range(n)]
+        over = [i for i, g in enumerate(got) if g is not None and not g.fits]
+        if not over or not can_compile or attempt == RECHOICE_ROUNDS:
+            break
+        # The compiler needs more than the analytic model said: scale those stages' estimates by what it reported
+        # and choose again (more micro-batches, more remat, or FSDP), re-pricing the run with the extra FLOPs.
+        from planner.memory import estimate
+        from planner.wallclock import chosen_calendar
+
+        for i in over:
+            st, opts = spec.stages[i], spec.stage_train(i)
+            est = estimate(spec.model, st, chips, opts.micro_batch, opts.remat, opts.sharding)
+            scales[i] = max(scales[i] * 1.15, required_bytes(got[i], est.state_bytes) / est.peak_bytes)
+            rechosen.setdefault(i, f"micro_batch {opts.micro_batch or 'none'}, remat {opts.remat}, {opts.sharding}: "
+                                   f"{required_bytes(got[i], est.state_bytes) / 1e9:.1f} GB compiled")
+        stages, train, cal = chosen_calendar(spec.model, list(spec.stages), hw, c["pricing"], chips, scales)
+        new = spec.model_copy(update={"stages": stages, "train": spec.train.model_copy(update=train)})
+        assert new.run_id == spec.run_id  # execution settings are not part of a run's identity
+        spec = new
+        c.update(cal)
+        spec.write(c["spec"])
     changed = False
-    for i, row in enumerate(c["stages"]):
-        got = compile_stage(spec, i, hw, c["chips"]) if can_compile else cached_result(spec, i, hw, c["chips"])
-        if got is None:
+    for i, (row, g) in enumerate(zip(c["stages"], got)):
+        if g is None:
             continue
         row["memory_source"] = "compiled"
         row["analytic_peak_memory_gb"] = row["peak_memory_gb"]
-        row["peak_memory_gb"] = got.peak_bytes / 1e9 if got.peak_bytes else None
-        row["fits"] = got.fits
-        row["compile_s"] = got.compile_s
-        if not got.fits:
+        row["peak_memory_gb"] = g.peak_bytes / 1e9 if g.peak_bytes else None
+        row["fits"] = g.fits
+        row["compile_s"] = g.compile_s
+        if i in rechosen:
             body.setdefault("notes", []).append(
-                f"stage {i + 1}: the compiler puts it over the {hw.memory_gb:g} GB HBM on {c['chips']} chips (the "
+                f"stage {i + 1}: the compiler put {rechosen[i]}, over the {hw.memory_gb:g} GB HBM; re-chosen with "
+                f"the estimate scaled by {scales[i]:.2f}: micro_batch {row['micro_batch'] or 'none'}, remat "
+                f"{row['remat']}, {c['sharding']} ({'fits' if g.fits else 'still over'}); cost and wall-clock "
+                "re-priced")
+        if not g.fits:
+            body.setdefault("notes", []).append(
+                f"stage {i + 1}: the compiler puts it over the {hw.memory_gb:g} GB HBM on {chips} chips (the "
                 "analytic model said it fits): check it with clipa fit-check, or plan for a larger --slice")
         changed = True
+    if rechosen and c["cost_usd"] > body["budget_usd"]:
+        body.setdefault("notes", []).append(
+            f"with the compiled memory fit the run costs ${c['cost_usd']:,.0f}, over the ${body['budget_usd']:,.0f} "
+            "budget: plan with a larger --slice, or a smaller budget's recipe")
     if changed:
         atomic_write_text(Path(plan_dir) / "plan.json", json.dumps(body, indent=2) + "\n")

@@ -70,7 +70,7 @@ def test_local_run_of_a_plan_priced_for_a_gpu_node_says_where_to_run_it(synth, t
     p2 = tmp_path / "P2"
     code, out, err = run(["plan", "--budget", "10000", "--hardware", "tpu-v5e", "--pricing", "spot", "--slice", "64",
                           "--data", "gs://b/dc/{0..9}.tar", "--eval-data", "gs://b/in/{0..3}.tar", "--tokenizer",
-                          synth / "tokenizer.json", "--out", p2, "--json"], capsys)
+                          synth / "tokenizer.json", "--out", p2, "--json", "--no-compile"], capsys)
     assert code == 0, err
     assert json.loads(out)["execute"] == (f"clipa run {p2} --backend tpu --hardware tpu-v5e --slice 64 --project "
                                           "PROJECT --zone ZONE --bucket gs://BUCKET")
