@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,21 +39,24 @@ def _stage(p: dict):
                  lr_base=1e-5, init="scratch")
 
 
-def refit(points: list[dict]) -> tuple[float, float, float, float]:
-    """(STATE_BYTES_PER_PARAM, ACT_LIN, ACT_ATTN, OVERHEAD_BYTES) minimising the squared relative error."""
+FITTED = ("STATE_BYTES_PER_PARAM", "FSDP_GATHER_BYTES_PER_PARAM", "ACT_LIN", "ACT_DOTS", "ACT_ATTN", "OVERHEAD_BYTES")
+
+
+def refit(points: list[dict]) -> tuple[float, ...]:
+    """``FITTED``'s values minimising the squared relative error (non-negative least squares)."""
     import numpy as np
     from scipy.optimize import nnls
 
-    from planner.memory import STATE_BYTES_PER_PARAM, components
+    from planner.memory import components
 
     rows, rhs = [], []
     for p in points:
         c = components(p["model"], _stage(p), p["chips"], p["micro_batch"], p["remat"], p["sharding"])
         y = p["peak_bytes"]
-        rows.append([c["state"] / STATE_BYTES_PER_PARAM / y, c["lin"] / y, c["att"] / y, 1.0 / y])
+        rows.append([c["params"] / y, c["gathered"] / y, c["lin"] / y, c["dots"] / y, c["att"] / y, 1.0 / y])
         rhs.append((y - c["inputs"] - c["logits"]) / y)
     sol, _ = nnls(np.array(rows), np.array(rhs))
-    return tuple(float(x) for x in sol)  # type: ignore[return-value]
+    return tuple(float(x) for x in sol)
 
 
 def table(points: list[dict]) -> list[dict]:
@@ -64,6 +68,8 @@ def table(points: list[dict]) -> list[dict]:
         row = {k: p.get(k) for k in ("model", "image_res", "text_len", "batch_size", "topology", "micro_batch", "remat",
                                       "sharding", "compile_s", "compiled_over_planner_flops", "file")}
         row["compiled_gb"] = p["peak_bytes"] / 1e9 if p.get("peak_bytes") else None
+        m = re.search(r"temporaries \(([0-9.]+)G\)", p.get("error") or "")  # libtpu's message for a step over HBM
+        row["needs_gb"] = (float(m.group(1)) * 2**30 + est.state_bytes) / 1e9 if m else None
         row["analytic_gb"] = est.peak_gb
         row["error"] = (est.peak_bytes / p["peak_bytes"] - 1) if p.get("peak_bytes") else None
         out.append(row)
@@ -79,10 +85,9 @@ def markdown(rows: list[dict], fit: tuple[float, ...]) -> str:
         "Written by `benchmarks/fit_report.py --write`. Compiled: `trainer.fit_check.compile_stage` (the real",
         "`make_train_step`, libtpu, no TPU), from `benchmarks/fit_calibration.py` (this grid) and the compiles recorded",
         "in docs/tpu-aot.md (`fit_calibration_tpu_aot.json`). Analytic: `planner.memory.estimate` with the shipped",
-        f"constants STATE_BYTES_PER_PARAM={memory.STATE_BYTES_PER_PARAM}, ACT_LIN={memory.ACT_LIN}, "
-        f"ACT_ATTN={memory.ACT_ATTN}, OVERHEAD_BYTES={memory.OVERHEAD_BYTES:.3g}.",
-        f"A fresh non-negative least-squares fit on these points gives {fit[0]:.2f}, {fit[1]:.3f}, {fit[2]:.3f}, "
-        f"{fit[3]:.3g}.",
+        "constants " + ", ".join(f"{k}={getattr(memory, k):.3g}" for k in FITTED) + ".",
+        "A fresh non-negative least-squares fit on the points that compiled gives "
+        + ", ".join(f"{k}={v:.3g}" for k, v in zip(FITTED, fit)) + ".",
         "",
         "History (out-of-sample checks before each refit): first fitted on the 4 docs/tpu-aot.md points read as GB",
         "(state 18 B/param fixed; 0.48, 0, 0.9e9), the grid's first S/16 points came out at -4.3%, +6.4%, -19.2%. The",
@@ -99,7 +104,8 @@ def markdown(rows: list[dict], fit: tuple[float, ...]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        comp = f"{r['compiled_gb']:.2f}" if r["compiled_gb"] else "does not fit"
+        comp = (f"{r['compiled_gb']:.2f}" if r["compiled_gb"] else
+                f"over HBM (needs ~{r['needs_gb']:.1f})" if r.get("needs_gb") else "does not fit")
         err = f"{r['error']:+.1%}" if r["error"] is not None else "-"
         fl = f"{r['compiled_over_planner_flops']:.3f}" if r.get("compiled_over_planner_flops") else "-"
         cs = f"{r['compile_s']:.0f}" if r.get("compile_s") else "-"
@@ -109,6 +115,26 @@ def markdown(rows: list[dict], fit: tuple[float, ...]) -> str:
     errs = [abs(r["error"]) for r in rows if r["error"] is not None]
     if errs:
         lines += ["", f"{len(errs)} compiled points; worst absolute error {max(errs):.1%}, mean {sum(errs) / len(errs):.1%}."]
+    plan = ROOT / "results" / "plan_v5e_256.json"
+    if plan.exists():  # benchmarks/plan_compiled.py: the issue's real-size command, every stage compiled
+        p = json.loads(plan.read_text())
+        c = p["chosen"]
+        lines += ["", "## The $10k spot plan on a v5e-256 slice, compiled", "",
+                  f"`{p['command']}` with libtpu and an empty compile cache (`benchmarks/plan_compiled.py`, "
+                  f"{p['ran']}, {p['seconds']:.0f} s on this machine's 2 cores): {c['model']} {c['schedule']}, "
+                  f"{c['sharding']}, ${c['cost_usd']:,.0f} billed (${c['compute_usd']:,.0f} compute), "
+                  f"{c['wall_clock_hours']:.0f} h wall-clock on {c['chips']} chips, predicted "
+                  f"{c['predicted_top1']:.1f} [{c['interval'][0]:.1f}, {c['interval'][1]:.1f}].", "",
+                  "| stage | per-device batch | micro-batch | remat | peak GB | analytic GB | source | fits | compile s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, st in enumerate(p["stages"]):
+            peak = f"{st['peak_memory_gb']:.2f}" if st["peak_memory_gb"] else "-"
+            ana = f"{st['analytic_peak_memory_gb']:.2f}" if st.get("analytic_peak_memory_gb") else "-"
+            cs = f"{st['compile_s']:.0f}" if st.get("compile_s") else "-"
+            lines.append(f"| {i + 1} | {st['per_device_batch']} | {st['micro_batch'] or '-'} | {st['remat']} | {peak} "
+                         f"| {ana} | {st['memory_source']} | {st['fits']} | {cs} |")
+        if p["notes"]:
+            lines += [""] + [f"* {n}" for n in p["notes"]]
     return "\n".join(lines) + "\n"
 
 

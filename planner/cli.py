@@ -434,8 +434,9 @@ def _execute_line(body: dict, plan_dir: Path) -> str:
     from planner.binding import supply_command
     from planner.hardware import run_backend_options
 
-    c = body["chosen"]
-    return supply_command(str(plan_dir), body.get("missing", []), run_backend_options(c["hardware"], c.get("chips")))
+    c = body["chosen"]  # a plan on a slice (or --hardware any) names the chosen hardware; else the request's
+    return supply_command(str(plan_dir), body.get("missing", []),
+                          run_backend_options(c.get("hardware") or body["hardware"], c.get("chips")))
 
 
 @app.command()

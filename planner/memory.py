@@ -44,6 +44,7 @@ FSDP_GATHER_BYTES_PER_PARAM = 2  # under FSDP the step holds the gathered bf16 p
 # and no overhead. XLA fuses the elementwise work (GELU, norms, softmax) into neighbouring ops and recomputes rather
 # than stores part of it. History and errors: benchmarks/FIT_CHECK.md.
 ACT_LIN = 0.91
+ACT_DOTS = 0.91
 ACT_ATTN = 0.18
 OVERHEAD_BYTES = 0.08e9
 # Extra forward passes, as a share of the train step's 3 forward-equivalents, by remat policy: full recomputes the
@@ -71,33 +72,37 @@ def stage_tokens_per_tower(v: ModelVariant, stage: Stage) -> tuple[int, int]:
     return img, stage.text_len
 
 
-def _tower_bytes(t: TowerShape, tokens: int, remat: Remat) -> tuple[float, float]:
-    """(width-proportional, attention-probability) bytes one sequence keeps for the backward pass in one tower."""
+def _tower_bytes(t: TowerShape, tokens: int, remat: Remat) -> tuple[float, float, float]:
+    """(width-proportional, saved-matmul-output, attention-probability) bytes one sequence keeps for the backward
+    pass in one tower."""
     lin = tokens * (16 * t.width + 4 * t.mlp)
     att = tokens * 4 * t.heads * tokens
     if remat == "none":
-        return t.depth * lin, t.depth * att
+        return t.depth * lin, 0.0, t.depth * att
     if remat == "full":  # block inputs (2 d bytes per token), plus one block being recomputed
-        return t.depth * tokens * 2 * t.width + lin, att
+        return t.depth * tokens * 2 * t.width + lin, 0.0, att
     # dots: matmul outputs (QKV 3d, attention output d, MLP hidden m, MLP output d) in 16 bits, plus one block
-    return t.depth * tokens * 2 * (5 * t.width + t.mlp) + lin, att
+    return lin, t.depth * tokens * 2 * (5 * t.width + t.mlp), att
 
 
 def components(model: str | ModelVariant, stage: Stage, chips: int, micro_batch: int | None = None,
                remat: Remat = "none", sharding: Sharding = "data") -> dict[str, float]:
-    """The uncalibrated parts of the peak (bytes per device): ``fixed`` (state, inputs, logits), ``lin`` and
-    ``att`` (activation terms scaled by ACT_LIN and ACT_ATTN). benchmarks/fit_report.py fits those on these."""
+    """The uncalibrated parts of the peak (bytes per device): ``params`` (parameters held per device), ``gathered``
+    (parameters FSDP gathers whole), ``inputs``, ``logits``, and the activation terms ``lin``, ``dots``, ``att``
+    (scaled by ACT_LIN, ACT_DOTS, ACT_ATTN). benchmarks/fit_report.py fits the constants on these."""
     v = decode_variant(model) if isinstance(model, str) else model
     per_dev = max(1, stage.batch_size // chips)
     mb_per_dev = max(1, (micro_batch or stage.batch_size) // chips)
-    state = STATE_BYTES_PER_PARAM * v.params
-    if sharding == "fsdp" and chips > 1:
-        state = state / chips + FSDP_GATHER_BYTES_PER_PARAM * v.params
+    fsdp = sharding == "fsdp" and chips > 1
+    params = v.params / chips if fsdp else float(v.params)
+    gathered = float(v.params) if fsdp else 0.0
     img_t, txt_t = stage_tokens_per_tower(v, stage)
-    (li, ai), (lt, at) = _tower_bytes(v.image, img_t, remat), _tower_bytes(v.text, txt_t, remat)
+    (li, di, ai), (lt, dt, at) = _tower_bytes(v.image, img_t, remat), _tower_bytes(v.text, txt_t, remat)
     inputs = per_dev * stage.image_res**2 * 3 * (1 + 2)  # uint8 images and their 16-bit copy, whole local batch
     logits = 4 * 4 * stage.batch_size * per_dev  # image->text and text->image, values and gradients, float32
-    return {"state": state, "inputs": inputs, "logits": logits, "lin": (li + lt) * mb_per_dev,
+    return {"params": params, "gathered": gathered,
+            "state": STATE_BYTES_PER_PARAM * params + FSDP_GATHER_BYTES_PER_PARAM * gathered,
+            "inputs": inputs, "logits": logits, "lin": (li + lt) * mb_per_dev, "dots": (di + dt) * mb_per_dev,
             "att": (ai + at) * mb_per_dev, "per_device_batch": per_dev}
 
 
@@ -105,7 +110,7 @@ def estimate(model: str | ModelVariant, stage: Stage, chips: int, micro_batch: i
              remat: Remat = "none", sharding: Sharding = "data") -> MemoryEstimate:
     """Peak bytes per device of one train step of ``stage`` on ``chips`` devices."""
     c = components(model, stage, chips, micro_batch, remat, sharding)
-    act = ACT_LIN * c["lin"] + ACT_ATTN * c["att"] + c["inputs"]
+    act = ACT_LIN * c["lin"] + ACT_DOTS * c["dots"] + ACT_ATTN * c["att"] + c["inputs"]
     peak = c["state"] + act + c["logits"] + OVERHEAD_BYTES
     return MemoryEstimate(peak, c["state"], act, c["logits"], int(c["per_device_batch"]), micro_batch, remat,
                           sharding)
