@@ -34,19 +34,19 @@ from planner.variants import ModelVariant, TowerShape, decode_variant
 Remat = Literal["none", "full", "dots"]
 Sharding = Literal["data", "fsdp"]
 HBM_SHARE = 0.9  # a plan's peak must stay under this share of a device's memory (allocator slack, fragmentation)
-# Fitted (11.9 bytes): the f32 parameters and the two f32 Adam moments; the gradients and the bf16 compute copy are
-# transient and do not add to the peak beyond what the activation terms absorb.
-STATE_BYTES_PER_PARAM = 12
-FSDP_GATHER_BYTES_PER_PARAM = 2  # under FSDP the step holds the gathered bf16 parameters too (XLA gathers them whole)
-# Calibrated on the compiled grid by benchmarks/fit_report.py (non-negative least squares on relative error, with
-# STATE_BYTES_PER_PARAM, over all 10 compiled v5e points: S/16 x3 and B/16 x5 incl. full remat and micro-batches from
-# this grid, L/14 and H/14 FSDP recorded in docs/tpu-aot.md; rounded); the theory above gives ACT_LIN = ACT_ATTN = 1
-# and no overhead. XLA fuses the elementwise work (GELU, norms, softmax) into neighbouring ops and recomputes rather
-# than stores part of it. History and errors: benchmarks/FIT_CHECK.md.
-ACT_LIN = 0.91
-ACT_DOTS = 0.91
-ACT_ATTN = 0.18
-OVERHEAD_BYTES = 0.08e9
+# All six constants are fitted together by benchmarks/fit_report.py on the compiled grid (17 v5e points of 5 models:
+# S/16 and B/16 with none/dots/full remat and micro-batches, L/14, H/14 data and FSDP, bigG/14 FSDP on 256 chips
+# with dots and micro-batches), minimising the worst relative error (11.5%), then rounded. Theory gives 12 bytes per
+# parameter (f32 parameters, two f32 Adam moments), 2 gathered bytes (bf16) and ACT_* = 1: the fit puts the state
+# at 13.9 (gradient buffers partly live at the peak), the gathered parameters at 4.5 (XLA keeps the f32 gather and
+# its bf16 cast), the saved matmul outputs of dots remat at 1.2x (XLA also keeps some elementwise results) and
+# spreads the fused elementwise work of the other terms. History and errors: benchmarks/FIT_CHECK.md.
+STATE_BYTES_PER_PARAM = 13.9
+FSDP_GATHER_BYTES_PER_PARAM = 4.5  # under FSDP the step holds the gathered parameters too (XLA gathers them whole)
+ACT_LIN = 0.79
+ACT_DOTS = 1.21
+ACT_ATTN = 0.81
+OVERHEAD_BYTES = 0.0
 # Extra forward passes, as a share of the train step's 3 forward-equivalents, by remat policy: full recomputes the
 # whole forward; dots only the elementwise work between matmuls (not counted by the matmul FLOP counter).
 REMAT_EXTRA_FORWARDS = {"none": 0.0, "dots": 0.0, "full": 1.0}
