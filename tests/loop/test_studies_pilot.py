@@ -19,26 +19,27 @@ from planner.search import cpu_space, enumerate_candidates
 from planner.datasets import IMAGENET_TASK, eval_task
 from planner.studies import fit_study, local_top1, predict_study
 
-SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
+SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34, "beta": 0.44}
 TRUTH = dict(SHARED, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5, ln_ci=math.log(1.5),
-             ln_ct=math.log(2), ln_s0=math.log(0.2))
+             ln_ct=math.log(2), ln_s0=math.log(0.2), E=10.0)
 CHANCE = 100 / 64
 
 
-def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0):
+def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0, truth: dict | None = None,
+                samples: tuple = ("5K", "16K", "48K")):
     rows = [schedule_features(m, "local:t", f"{s}@{r}/{t}") for m in ("mu/8", "mini/8", "xs/8") for r in (16, 24, 32)
-            for t in (8, 16, 32) for s in ("5K", "16K", "48K")]
+            for t in (8, 16, 32) for s in samples]
     f = features_frame(rows)
     rng = np.random.default_rng(seed)
     f = f.iloc[np.sort(rng.choice(len(f), n, replace=False))].reset_index(drop=True)
-    f["top1"] = local_top1(TRUTH, f, 16.0, CHANCE) + rng.normal(0, noise, len(f))
+    f["top1"] = local_top1(truth or TRUTH, f, 16.0, CHANCE) + rng.normal(0, noise, len(f))
     f["key"] = [f"k{i}" for i in range(len(f))]
     return f
 
 
 def test_reduced_law_recovers_known_parameters():
     # a huge eval split: the binomial noise floor stays below the 0.5-point noise drawn here
-    fit = fit_study(_local_rows(), SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000)
+    fit = fit_study(_local_rows(), SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000, scale=4.0)
     sd = fit.param_sd()
     for k in ("ln_A", "alpha", "ln_B", "beta", "ln_ci", "ln_ct"):
         assert abs(fit.params[k] - TRUTH[k]) < max(4 * sd[k], 0.05), (k, fit.params[k], TRUTH[k], sd[k])
@@ -60,6 +61,43 @@ def test_interval_covers_and_widens_outside_the_study():
     pn, pf = predict_study(fit, near).iloc[0], predict_study(fit, far).iloc[0]
     assert not pn.extrapolated and pf.extrapolated
     assert pf.high - pf.low > pn.high - pn.low
+
+
+def test_ceiling_caps_top1_below_100():
+    # a local dataset's top-1 saturates at 100 - E, however large the model and long the run
+    f = features_frame([schedule_features("xs/8", "local:t", "100M@32/32")])
+    lo, hi = (local_top1(dict(TRUTH, E=e), f, 16.0, CHANCE)[0] for e in (30.0, 10.0))
+    assert hi < 90.0 and hi - lo == pytest.approx(20.0, abs=0.1)
+    rows = _local_rows(n=40, noise=0.5, seed=4, truth=dict(TRUTH, ln_B=math.log(8), E=35.0),
+                       samples=("50K", "160K", "480K"))
+    assert rows["top1"].max() > 45  # the runs reach the bend below the ceiling
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000)
+    assert fit.params["E"] == pytest.approx(35.0, abs=4.0)
+
+
+def test_study_predicts_held_out_larger_runs():
+    # a pilot-sized study (12 runs, 1-point noise) predicts runs 3x beyond its largest samples within 2 points
+    rows = _local_rows(n=12, noise=1.0, seed=5)
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, eval_n=4000)
+    held = features_frame([schedule_features(m, "local:t", f"150K@{r}/32") for m in ("mu/8", "mini/8", "xs/8")
+                           for r in (16, 32)])
+    truth = local_top1(TRUTH, held, 16.0, CHANCE)
+    pred = predict_study(fit, held)
+    assert np.mean(np.abs(pred["predicted_top1"] - truth)) < 2.0
+    assert ((truth >= pred["low"]) & (truth <= pred["high"])).mean() >= 0.75
+
+
+def test_prior_width_follows_how_well_imagenet_transfers():
+    # the held-out test leans on the ImageNet exponents when the local data follows them, and frees them when it
+    # does not (a dataset whose token penalty is far steeper than ImageNet's and does not shrink with model size)
+    from planner.studies import PRIOR_SCALES, prior_scale
+
+    same = _local_rows(n=14, noise=1.0, seed=6, truth=dict(TRUTH, alpha=0.34, beta=0.44))
+    other = _local_rows(n=14, noise=1.0, seed=6, truth=dict(TRUTH, kappa=2.5, gamma=0.0))
+    s_same, mae_same = prior_scale(same, SHARED, chance=CHANCE, eval_n=4000)
+    s_other, mae_other = prior_scale(other, SHARED, chance=CHANCE, eval_n=4000)
+    assert set(mae_same) == set(PRIOR_SCALES)
+    assert s_other > s_same, (mae_same, mae_other)
 
 
 def test_local_fit_refuses_imagenet_rows():
