@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
         """Design a small grid of cheap runs on a local dataset, run them, refit, and print the study's fitted law.
 
         The grid spans model size x pre-training resolution x text length x samples (an L9 orthogonal array, plus
-        two fine-tuned runs of different lengths), scaled to the budget with the cost model and the measured CPU overhead. Afterwards
+        two fine-tuned runs of different lengths), for plans of 1x, 3x and 10x the pilot's budget: the models those
+        plans can afford, each model's samples in step with what they afford it, scaled to the budget with the cost
+        model and the measured CPU overhead. Afterwards
         `clipa plan --dataset local:NAME --data DIR --hardware cpu-2core --budget B` extrapolates from it.
         """
         from planner.cli import console, print_json

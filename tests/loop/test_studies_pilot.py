@@ -151,18 +151,46 @@ def test_pilot_design_within_budget_and_spans_every_axis():
     d = design_pilot(0.01, "local:t", data_res=32)
     assert d.cost_usd <= 0.01 and d.cost_usd > 0.9 * 0.01  # spends the budget, not more
     assert len(d.runs) == 11
-    for axis in ("model", "res", "text_len", "samples"):
+    for axis in ("model", "res", "text_len"):
         assert len({getattr(r, axis) for r in d.runs}) == 3, axis
     assert {r.model for r in d.runs} == {"mu/8", "mini/8", "xs/8"}
     assert max(r.res for r in d.runs) == 32
+    # every model is seen at three samples levels (a x3 ladder of its own)
+    for m in ("mu/8", "mini/8", "xs/8"):
+        levels = sorted({r.samples for r in d.runs[:9] if r.model == m})
+        assert len(levels) == 3 and levels[2] / levels[0] == pytest.approx(9, rel=0.1), (m, levels)
     # two fine-tuned runs of different lengths (the fine-tune's length scale is measured, not assumed)
     assert len({r.finetune for r in d.runs if r.finetune}) == 2
-    # each pair of the four L9 axes is balanced: every level of one axis meets three levels of another
+    # each pair of the L9 axes is balanced: every level of one axis meets three levels of another
     l9 = d.runs[:9]
-    for a, b in (("model", "res"), ("model", "samples"), ("res", "text_len")):
+    for a, b in (("model", "res"), ("model", "text_len"), ("res", "text_len")):
         assert len({(getattr(r, a), getattr(r, b)) for r in l9}) == 9
     with pytest.raises(ClipaError, match="buys no pilot"):
         design_pilot(1e-6, "local:t", data_res=32)
+
+
+def test_pilot_design_follows_what_the_plans_can_afford():
+    # plans of 1x, 3x, 10x the pilot's budget: a small pilot leaves out the tower its plans cannot afford, a larger
+    # one takes it in; a cheap tower's runs reach further in samples than an expensive one's; and a larger budget
+    # reaches further for every model
+    from planner.pilot import MIN_PLAN_SAMPLES, affordable_samples, prior_overhead
+    from planner.search import space_for
+    from planner.hardware import get_hardware
+
+    small, large = design_pilot(0.004, "local:t", data_res=32), design_pilot(0.0112, "local:t", data_res=32)
+    space = space_for(get_hardware("cpu-2core"), 32)
+    assert affordable_samples(space, "xs/8", 0.004, 32, "cpu-2core", "on-demand",
+                              prior_overhead("cpu-2core")) < MIN_PLAN_SAMPLES
+    assert {r.model for r in small.runs} == {"mu/8", "mini/8"} and any("xs/8 left out" in n for n in small.notes)
+    assert {r.model for r in large.runs} == {"mu/8", "mini/8", "xs/8"}
+    top = {m: max(r.samples for r in large.runs if r.model == m) for m in ("mu/8", "mini/8", "xs/8")}
+    assert top["mu/8"] > top["mini/8"] > top["xs/8"]
+    for m in ("mu/8", "mini/8"):
+        assert max(r.samples for r in large.runs if r.model == m) > 2 * max(r.samples for r in small.runs
+                                                                             if r.model == m)
+    # the same small pilot for plans of 10x-100x its budget: those can afford the large tower, so it is in
+    far = design_pilot(0.004, "local:t", data_res=32, plan_multiples=(10.0, 30.0, 100.0))
+    assert far.cost_usd <= 0.004 and {r.model for r in far.runs} == {"mu/8", "mini/8", "xs/8"}
 
 
 def test_small_pilot_spans_the_token_and_samples_axes():
