@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=60_000, help="generated training samples")
     ap.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "closed_loop.md")
     ap.add_argument("--render-only", action="store_true", help="rewrite the doc from WORK/closed_loop.json")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted loop in WORK (the pilot and "
+                    "every executed plan are reused: the commands are idempotent)")
     a = ap.parse_args()
     work = a.work.absolute()
     if a.render_only:
@@ -130,7 +132,7 @@ def main() -> None:
         write_doc(a.doc, render(saved["pilot"], saved["plans"], saved["summary"], saved["meta"], saved["log"]))
         return
     home = work / "home"
-    if (home / "results" / "runs").exists() and any((home / "results" / "runs").iterdir()):
+    if not a.resume and (home / "results" / "runs").exists() and any((home / "results" / "runs").iterdir()):
         raise SystemExit(f"{home}/results/runs is not empty: the loop starts from an empty results folder")
     env = {**os.environ, "CLIPA_HOME": str(home)}
     log: list[str] = []
@@ -144,6 +146,15 @@ def main() -> None:
     p = clipa(["pilot", "--budget", f"{a.pilot_budget}", *common, "--out", str(work / "pilot"),
                "--run-dir", str(work / "runs")], env, log)
     pilot_min = (time.perf_counter() - t0) / 60
+    if a.resume:  # the pilot ran before: its span from the first run's start to the last one's record
+        recs = [json.loads(f.read_text()) for f in (home / "results" / "runs").glob("*.json")]
+        ids = {r["run_id"] for r in p["runs"]}
+        recs = [r for r in recs if r.get("run_id") in ids]
+        from datetime import datetime
+
+        span = (max(datetime.fromisoformat(r["finished_at"]) for r in recs)
+                - min(datetime.fromisoformat(r["started_at"]) for r in recs))
+        pilot_min = span.total_seconds() / 60
     pilot_cost = float(json.loads((work / "pilot" / "plan.json").read_text())["cost_usd"])
     pilot = {"budget": a.pilot_budget, "runs": p["runs"], "study": p.get("study"), "notes": p.get("notes", [])}
     plans = []

@@ -434,7 +434,9 @@ def _execute_line(body: dict, plan_dir: Path) -> str:
     from planner.hardware import run_backend_options
 
     c = body["chosen"]
-    return supply_command(str(plan_dir), body.get("missing", []), run_backend_options(c["hardware"], c.get("chips")))
+    # a plan on one hardware profile records it in the request only (the chosen row names it for --hardware any)
+    hw = c.get("hardware", body["hardware"])
+    return supply_command(str(plan_dir), body.get("missing", []), run_backend_options(hw, c.get("chips")))
 
 
 @app.command()

@@ -40,7 +40,11 @@ from planner.spec import RunSpec, spec_from_dict
 L9 = ((0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 0, 1, 2), (1, 1, 2, 0), (1, 2, 0, 1), (2, 0, 2, 1), (2, 1, 0, 2),
       (2, 2, 1, 0))
 SAMPLES_RATIO = 3.0
-MIN_PILOT_SAMPLES = 1_000
+# the fewest pre-training samples of a pilot run: fewer learn nothing on the generated data (a $0.003 pilot whose runs
+# had 1-12K samples sat at chance, 1.6-3%, and its study predicted a plan's 42K-sample run at 44%); a budget that
+# cannot pay for the design at this floor buys no pilot
+MIN_PILOT_SAMPLES = 10_000
+MIN_FT_SAMPLES = 1_000  # a fine-tune stage's floor (it continues a trained model)
 # the plans a pilot is for: budgets of about 1x, 3x and 10x its own (issue 19); the design spans what they can afford
 PLAN_MULTIPLES = (1.0, 3.0, 10.0)
 # a model enters the design only if the smallest plan can train it on at least this many samples at the data's
@@ -265,15 +269,15 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         # with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
         if n_runs is None or n_runs > 9:
             runs.append(PilotRun(mods[0], res[0], texts[0], samples(mods[0], 1),
-                                 max(samples(mods[0], 0) // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
+                                 max(samples(mods[0], 0) // 2, MIN_FT_SAMPLES), 0.0, 0.0))
         if n_runs is None or n_runs > 10:
             runs.append(PilotRun(mods[1], res[0], texts[0], samples(mods[1], 1),
-                                 max(samples(mods[1], 1) // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
+                                 max(samples(mods[1], 1) // 2, MIN_FT_SAMPLES), 0.0, 0.0))
         for r in runs:
             r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
         return runs
 
-    lo, hi = float(MIN_PILOT_SAMPLES), 1e9
+    lo, hi = 1.0, 1e9  # the scale; every run's samples are floored at MIN_PILOT_SAMPLES
     if sum(r.cost_usd for r in build(lo)) > budget_usd:
         cheapest = sum(r.cost_usd for r in build(lo))
         raise ClipaError("budget", f"${budget_usd:.4f} buys no pilot on {hw.name}: the smallest design costs "
