@@ -40,10 +40,12 @@ from planner.spec import RunSpec, spec_from_dict
 L9 = ((0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 0, 1, 2), (1, 1, 2, 0), (1, 2, 0, 1), (2, 0, 2, 1), (2, 1, 0, 2),
       (2, 2, 1, 0))
 SAMPLES_RATIO = 3.0
-# the fewest pre-training samples of a pilot run: fewer learn nothing on the generated data (a $0.003 pilot whose runs
-# had 1-12K samples sat at chance, 1.6-3%, and its study predicted a plan's 42K-sample run at 44%); a budget that
-# cannot pay for the design at this floor buys no pilot
-MIN_PILOT_SAMPLES = 10_000
+# the fewest pre-training samples of a pilot run. Shorter runs sit at chance, below the take-off of the learning curve
+# (a few hundred steps at batch 64), where the law's power law in error does not hold: a $0.003 pilot of 1-12K-sample
+# runs stayed at 1.6-3% and its study predicted 44% for a 42K-sample run; in a $0.0075 pilot floored at 10K, runs of
+# 10-20K samples scored 1.0-4.4% and runs of 27-46K 9.8-10.9% (chance 1.6%), and its study predicted 49% for a
+# 163K-sample run of mini/8 (a 120K-sample run of it scores 15%). A budget that cannot pay for this floor buys no pilot.
+MIN_PILOT_SAMPLES = 25_000
 MIN_FT_SAMPLES = 1_000  # a fine-tune stage's floor (it continues a trained model)
 # the plans a pilot is for: budgets of about 1x, 3x and 10x its own (issue 19); the design spans what they can afford
 PLAN_MULTIPLES = (1.0, 3.0, 10.0)
@@ -240,13 +242,6 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
             notes.append(f"models {', '.join(dropped)} left out: a ${plan_budgets[0]:.4g} plan affords fewer than "
                          f"{MIN_PLAN_SAMPLES:,} samples of them at {space.full_res} px")
         candidates = usable or candidates[:1]
-    mods = _levels(candidates, ordered=True)
-    # each model's samples follow what the middle plan affords it, relative to the cheapest model's: as the square
-    # root of that ratio, halfway (in log) between equal samples (the expensive model's runs would eat the budget)
-    # and equal cost (its runs would be too short to learn anything)
-    reach = {m: max(afford(m, mid_budget), 1.0) for m in set(mods)}
-    top = max(reach.values())
-    rel = {m: (reach[m] / top) ** 0.5 for m in reach}
     res = _levels(space.pretrain_res[8])
     texts = _levels(space.text_lens)
     rows = list(L9)
@@ -258,30 +253,50 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         # correlation (the samples level no longer follows the token levels)
         rows = list(L9[: min(n_runs, 9)])
 
-    def build(scale: float) -> list[PilotRun]:
-        def samples(model: str, level: int) -> int:
-            return max(int(round(scale * rel[model] * SAMPLES_RATIO**level, -2)), MIN_PILOT_SAMPLES)
+    def design_for(candidates: tuple[str, ...]):
+        mods = _levels(candidates, ordered=True)
+        # each model's samples follow what the middle plan affords it, relative to the cheapest model's: as the
+        # square root of that ratio, halfway (in log) between equal samples (the expensive model's runs would eat
+        # the budget) and equal cost (its runs would be too short to learn anything)
+        reach = {m: max(afford(m, mid_budget), 1.0) for m in set(mods)}
+        top = max(reach.values())
+        rel = {m: (reach[m] / top) ** 0.5 for m in reach}
 
-        runs = [PilotRun(mods[a], res[b], texts[c], samples(mods[a], d), 0, 0.0, 0.0) for a, b, c, d in rows]
-        # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the data's
-        # resolution and full text; two runs (a short fine-tune of the smallest model, a longer one of the middle
-        # model) so that the fine-tune's length scale s0 is measured rather than left to its prior: a first pilot
-        # with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
-        if n_runs is None or n_runs > 9:
-            runs.append(PilotRun(mods[0], res[0], texts[0], samples(mods[0], 1),
-                                 max(samples(mods[0], 0) // 2, MIN_FT_SAMPLES), 0.0, 0.0))
-        if n_runs is None or n_runs > 10:
-            runs.append(PilotRun(mods[1], res[0], texts[0], samples(mods[1], 1),
-                                 max(samples(mods[1], 1) // 2, MIN_FT_SAMPLES), 0.0, 0.0))
-        for r in runs:
-            r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
-        return runs
+        def build(scale: float) -> list[PilotRun]:
+            def samples(model: str, level: int) -> int:
+                return max(int(round(scale * rel[model] * SAMPLES_RATIO**level, -2)), MIN_PILOT_SAMPLES)
 
+            runs = [PilotRun(mods[a], res[b], texts[c], samples(mods[a], d), 0, 0.0, 0.0) for a, b, c, d in rows]
+            # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the
+            # data's resolution and full text; two runs (a short fine-tune of the smallest model, a longer one of the
+            # middle model) so that the fine-tune's length scale s0 is measured rather than left to its prior: a
+            # first pilot with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
+            short_ft = max(samples(mods[0], 0) // 2, MIN_FT_SAMPLES)
+            if n_runs is None or n_runs > 9:
+                runs.append(PilotRun(mods[0], res[0], texts[0], samples(mods[0], 1), short_ft, 0.0, 0.0))
+            if n_runs is None or n_runs > 10:  # at least twice the first one's (floors could make them equal)
+                runs.append(PilotRun(mods[1], res[0], texts[0], samples(mods[1], 1),
+                                     max(samples(mods[1], 1) // 2, 2 * short_ft), 0.0, 0.0))
+            for r in runs:
+                r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
+            return runs
+
+        return mods, reach, build
+
+    # the largest models go first when the design at the samples floor does not fit: a pilot measures the towers it
+    # can train past the take-off, not every tower at chance
+    while True:
+        mods, reach, build = design_for(candidates)
+        floor_cost = sum(r.cost_usd for r in build(1.0))
+        if floor_cost <= budget_usd or len(candidates) == 1 or models is not None:
+            break
+        notes.append(f"{candidates[-1]} left out: the design with it costs ${floor_cost:.4g} at "
+                     f"{MIN_PILOT_SAMPLES:,} samples a run, over the ${budget_usd:.4g} budget")
+        candidates = candidates[:-1]
     lo, hi = 1.0, 1e9  # the scale; every run's samples are floored at MIN_PILOT_SAMPLES
-    if sum(r.cost_usd for r in build(lo)) > budget_usd:
-        cheapest = sum(r.cost_usd for r in build(lo))
+    if floor_cost > budget_usd:
         raise ClipaError("budget", f"${budget_usd:.4f} buys no pilot on {hw.name}: the smallest design costs "
-                                   f"${cheapest:.4f} ({len(build(lo))} runs of {MIN_PILOT_SAMPLES}+ samples)")
+                                   f"${floor_cost:.4f} ({len(build(lo))} runs of {MIN_PILOT_SAMPLES:,}+ samples)")
     for _ in range(50):
         mid = (lo * hi) ** 0.5
         if sum(r.cost_usd for r in build(mid)) <= budget_usd:

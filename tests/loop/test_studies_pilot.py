@@ -148,8 +148,8 @@ def test_local_runs_never_change_the_imagenet_fit(isolated_home):
 
 
 def test_pilot_design_within_budget_and_spans_every_axis():
-    d = design_pilot(0.01, "local:t", data_res=32)
-    assert d.cost_usd <= 0.01 and d.cost_usd > 0.9 * 0.01  # spends the budget, not more
+    d = design_pilot(0.0168, "local:t", data_res=32)  # 15 minutes of this CPU
+    assert d.cost_usd <= 0.0168 and d.cost_usd > 0.9 * 0.0168  # spends the budget, not more
     assert len(d.runs) == 11
     for axis in ("model", "res", "text_len"):
         assert len({getattr(r, axis) for r in d.runs}) == 3, axis
@@ -174,10 +174,10 @@ def test_pilot_design_within_budget_and_spans_every_axis():
 
 
 def test_pilot_design_follows_what_the_plans_can_afford():
-    # plans of 1x, 3x, 10x the pilot's budget: a small pilot leaves out the tower its plans cannot afford, a larger
-    # one takes it in; a cheap tower's runs reach further in samples than an expensive one's; and a larger budget
-    # reaches further for every model
-    from planner.pilot import MIN_PLAN_SAMPLES, affordable_samples, prior_overhead
+    # plans of 1x, 3x, 10x the pilot's budget: a small pilot leaves out the towers its plans cannot afford (or it
+    # cannot train past the samples floor), a larger one takes them in; a cheap tower's runs reach further in samples
+    # than an expensive one's; and a larger budget reaches further
+    from planner.pilot import MIN_PILOT_SAMPLES, MIN_PLAN_SAMPLES, affordable_samples, prior_overhead
     from planner.search import space_for
     from planner.hardware import get_hardware
 
@@ -185,17 +185,16 @@ def test_pilot_design_follows_what_the_plans_can_afford():
     space = space_for(get_hardware("cpu-2core"), 32)
     assert affordable_samples(space, "xs/8", 0.005, 32, "cpu-2core", "on-demand",
                               prior_overhead("cpu-2core")) < MIN_PLAN_SAMPLES
-    assert {r.model for r in small.runs} == {"mu/8", "mini/8"} and any("xs/8 left out" in n for n in small.notes)
+    assert "xs/8" not in {r.model for r in small.runs} and any("xs/8 left out" in n for n in small.notes)
+    assert min(r.samples for r in small.runs) >= MIN_PILOT_SAMPLES  # no run below the take-off
     assert {r.model for r in large.runs} == {"mu/8", "mini/8", "xs/8"}
     top = {m: max(r.samples for r in large.runs if r.model == m) for m in ("mu/8", "mini/8", "xs/8")}
     assert top["mu/8"] > top["mini/8"] > top["xs/8"]
-    for m in ("mu/8", "mini/8"):
-        assert max(r.samples for r in large.runs if r.model == m) > 2 * max(r.samples for r in small.runs
-                                                                             if r.model == m)
-    # a pilot whose plans are smaller than itself (0.3x-3x): the smallest cannot afford the large tower, so it is out
-    near = design_pilot(0.0075, "local:t", data_res=32, plan_multiples=(0.3, 1.0, 3.0))
-    assert {r.model for r in design_pilot(0.0075, "local:t", data_res=32).runs} == {"mu/8", "mini/8", "xs/8"}
-    assert near.cost_usd <= 0.0075 and {r.model for r in near.runs} == {"mu/8", "mini/8"}
+    assert max(r.samples for r in large.runs if r.model == "mu/8") > 1.5 * max(r.samples for r in small.runs
+                                                                                if r.model == "mu/8")
+    # a pilot whose smallest plan is a fifth of it (0.2x-3x): the smallest cannot afford the large tower, so it is out
+    near = design_pilot(0.0168, "local:t", data_res=32, plan_multiples=(0.2, 1.0, 3.0))
+    assert near.cost_usd <= 0.0168 and {r.model for r in near.runs} == {"mu/8", "mini/8"}
 
 
 def test_small_pilot_spans_the_token_and_samples_axes():
