@@ -199,16 +199,20 @@ def affordable_samples(space: SearchSpace, model: str, budget_usd: float, res: i
 def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, hardware: str = "cpu-2core",
                  pricing: str | None = None, data_res: int | None = None, overhead: Overhead | None = None,
                  models: tuple[str, ...] | None = None, n_runs: int | None = None,
-                 plan_multiples: tuple[float, ...] = PLAN_MULTIPLES) -> PilotDesign:
+                 plan_multiples: tuple[float, ...] = PLAN_MULTIPLES,
+                 min_samples: int = MIN_PILOT_SAMPLES) -> PilotDesign:
     """The pilot's runs: L9 over (model, resolution, text, samples) + two fine-tuned runs, for plans of
     ``plan_multiples`` x ``budget_usd``: the models those plans can afford, each model's samples ladder in proportion
     to what they can afford for it, scaled to spend at most ``budget_usd`` (the most expensive feasible scale, found
     by bisection).
 
     ``models`` restricts the model axis (e.g. only mu/8 for a quick loop); ``n_runs`` keeps the first runs of the
-    array (at least 3). Raises ClipaError when even the smallest design does not fit the budget."""
+    array (at least 3); ``min_samples`` is the floor of a run's pre-training samples (the learning curve's take-off;
+    the default is the generated data's). Raises ClipaError when even the smallest design does not fit the budget."""
     from planner.datasets import canonical_dataset
 
+    if min_samples < 1:
+        raise ClipaError("min_samples", "must be at least 1")
     dataset = canonical_dataset(dataset)
     hw = get_hardware(hardware)
     pricing = pricing or default_pricing(hw.name)
@@ -264,7 +268,7 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
 
         def build(scale: float) -> list[PilotRun]:
             def samples(model: str, level: int) -> int:
-                return max(int(round(scale * rel[model] * SAMPLES_RATIO**level, -2)), MIN_PILOT_SAMPLES)
+                return max(int(round(scale * rel[model] * SAMPLES_RATIO**level, -2)), min_samples)
 
             runs = [PilotRun(mods[a], res[b], texts[c], samples(mods[a], d), 0, 0.0, 0.0) for a, b, c, d in rows]
             # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the
@@ -291,12 +295,12 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         if floor_cost <= budget_usd or len(candidates) == 1 or models is not None:
             break
         notes.append(f"{candidates[-1]} left out: the design with it costs ${floor_cost:.4g} at "
-                     f"{MIN_PILOT_SAMPLES:,} samples a run, over the ${budget_usd:.4g} budget")
+                     f"{min_samples:,} samples a run, over the ${budget_usd:.4g} budget")
         candidates = candidates[:-1]
-    lo, hi = 1.0, 1e9  # the scale; every run's samples are floored at MIN_PILOT_SAMPLES
+    lo, hi = 1.0, 1e9  # the scale; every run's samples are floored at min_samples
     if floor_cost > budget_usd:
         raise ClipaError("budget", f"${budget_usd:.4f} buys no pilot on {hw.name}: the smallest design costs "
-                                   f"${floor_cost:.4f} ({len(build(lo))} runs of {MIN_PILOT_SAMPLES:,}+ samples)")
+                                   f"${floor_cost:.4f} ({len(build(lo))} runs of {min_samples:,}+ samples)")
     for _ in range(50):
         mid = (lo * hi) ** 0.5
         if sum(r.cost_usd for r in build(mid)) <= budget_usd:
