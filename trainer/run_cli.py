@@ -45,7 +45,8 @@ def execute_command(target: Path, spec, overrides: dict[str, str | None] | None 
     from planner.hardware import run_backend_options
     from planner.plan import load_plan
 
-    chips = load_plan(target)[0]["chosen"].get("chips") if target.is_dir() else None
+    # a pilot's folder has runs but no chosen candidate (its runs are priced one host each)
+    chips = load_plan(target)[0].get("chosen", {}).get("chips") if target.is_dir() else None
     given = [f"--{k.replace('_', '-')} {v}" for k, v in (overrides or {}).items() if v]
     return " ".join([supply_command(str(target), [], run_backend_options(spec.hardware, chips)), *given])
 
