@@ -350,6 +350,9 @@ def print_study(st) -> None:
     m = st.metrics
     console.print(f"in-sample MAE {m['mae']:.2f} points (max {m['max_abs_error']:.2f}); residual noise "
                   f"{st.sigma:.2f}; dof {m['dof']:.1f}; at a bound: {', '.join(m['at_bound']) or 'none'}")
+    if m.get("held_out_mae"):  # how far the ImageNet priors were let go (planner.studies.prior_scale)
+        cv = ", ".join(f"{k}x {v:.2f}" for k, v in m["held_out_mae"].items())
+        console.print(f"ImageNet priors at {m['prior_scale']:g}x their widths, chosen by held-out MAE ({cv})")
     native = f"native {st.native_res} px" if st.native_res else "native resolution unknown"
     console.print(f"data: {round(100.0 / st.chance)} classes (chance {st.chance:.2f}%), {native}, "
                   f"eval {st.eval_n} images")

@@ -3,8 +3,11 @@
 ``design_pilot`` picks the runs: an L9 orthogonal array over four three-level axes (model size, pre-training
 resolution, text length, samples seen) plus two fine-tuned runs of different lengths, so that every level of every axis appears three times
 and each pair of axes is balanced: the law's size, samples, image-token and text-token terms are each seen at three
-levels without paying for a full 3^4 grid. The samples levels are a geometric ladder (x3) scaled to spend the
-budget. ``write_pilot`` writes it as a plan folder (``plan.json`` + one spec per run), which ``clipa pilot`` executes
+levels without paying for a full 3^4 grid. The design is chosen for the plans that will follow it (budgets of
+``PLAN_MULTIPLES`` x the pilot's): its model axis spans the models the smallest of those plans can afford (at least
+``MIN_PLAN_SAMPLES`` at full resolution and captions), and each model's samples are a geometric ladder (x3) in
+proportion to the square root of what the middle plan can afford for that model, scaled to spend the pilot's
+budget; so a cheap model's pilot runs reach further in samples than an expensive one's, as the plans' runs will. ``write_pilot`` writes it as a plan folder (``plan.json`` + one spec per run), which ``clipa pilot`` executes
 with the closed loop (resumable, idempotent: the folder is reused, never redesigned).
 
 Pricing is the one cost model (``planner.cost``, through ``planner.search.enumerate_candidates``' per-sample
@@ -37,7 +40,18 @@ from planner.spec import RunSpec, spec_from_dict
 L9 = ((0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 0, 1, 2), (1, 1, 2, 0), (1, 2, 0, 1), (2, 0, 2, 1), (2, 1, 0, 2),
       (2, 2, 1, 0))
 SAMPLES_RATIO = 3.0
-MIN_PILOT_SAMPLES = 1_000
+# the fewest pre-training samples of a pilot run. Shorter runs sit at chance, below the take-off of the learning curve
+# (a few hundred steps at batch 64), where the law's power law in error does not hold: a $0.003 pilot of 1-12K-sample
+# runs stayed at 1.6-3% and its study predicted 44% for a 42K-sample run; in a $0.0075 pilot floored at 10K, runs of
+# 10-20K samples scored 1.0-4.4% and runs of 27-46K 9.8-10.9% (chance 1.6%), and its study predicted 49% for a
+# 163K-sample run of mini/8 (a 120K-sample run of it scores 15%). A budget that cannot pay for this floor buys no pilot.
+MIN_PILOT_SAMPLES = 25_000
+MIN_FT_SAMPLES = 1_000  # a fine-tune stage's floor (it continues a trained model)
+# the plans a pilot is for: budgets of about 1x, 3x and 10x its own (issue 19); the design spans what they can afford
+PLAN_MULTIPLES = (1.0, 3.0, 10.0)
+# a model enters the design only if the smallest plan can train it on at least this many samples at the data's
+# resolution and full captions (fewer learn next to nothing on the generated data: ~10% top-1 at 30K)
+MIN_PLAN_SAMPLES = 30_000
 
 
 @dataclass(frozen=True)
@@ -168,16 +182,37 @@ def _price(space: SearchSpace, run: PilotRun, hardware: str, pricing: str, overh
     return secs / 3600.0 * c.usd_per_device_hour, secs / 3600.0
 
 
+def affordable_samples(space: SearchSpace, model: str, budget_usd: float, res: int, hardware: str, pricing: str,
+                       overhead: Overhead) -> float:
+    """Samples one pre-training run of ``model`` at ``res`` px and full captions can see for ``budget_usd``
+    (0 when not even the run's fixed cost fits); the cost is linear in samples, so two prices give it."""
+    def usd(n: int) -> float:
+        return _price(space, PilotRun(model, res, FULL_TEXT_LEN, n, 0, 0.0, 0.0), hardware, pricing, overhead)[0]
+
+    lo, hi = 10_000, 1_000_000
+    c_lo, c_hi = usd(lo), usd(hi)
+    per = (c_hi - c_lo) / (hi - lo)
+    fixed = c_lo - per * lo
+    return max((budget_usd - fixed) / per, 0.0) if per > 0 else 0.0
+
+
 def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, hardware: str = "cpu-2core",
                  pricing: str | None = None, data_res: int | None = None, overhead: Overhead | None = None,
-                 models: tuple[str, ...] | None = None, n_runs: int | None = None) -> PilotDesign:
-    """The pilot's runs: L9 over (model, resolution, text, samples) + two fine-tuned runs, the samples ladder scaled
-    to spend at most ``budget_usd`` (the most expensive feasible scale, found by bisection).
+                 models: tuple[str, ...] | None = None, n_runs: int | None = None,
+                 plan_multiples: tuple[float, ...] = PLAN_MULTIPLES,
+                 min_samples: int = MIN_PILOT_SAMPLES) -> PilotDesign:
+    """The pilot's runs: L9 over (model, resolution, text, samples) + two fine-tuned runs, for plans of
+    ``plan_multiples`` x ``budget_usd``: the models those plans can afford, each model's samples ladder in proportion
+    to what they can afford for it, scaled to spend at most ``budget_usd`` (the most expensive feasible scale, found
+    by bisection).
 
     ``models`` restricts the model axis (e.g. only mu/8 for a quick loop); ``n_runs`` keeps the first runs of the
-    array (at least 3). Raises ClipaError when even the smallest design does not fit the budget."""
+    array (at least 3); ``min_samples`` is the floor of a run's pre-training samples (the learning curve's take-off;
+    the default is the generated data's). Raises ClipaError when even the smallest design does not fit the budget."""
     from planner.datasets import canonical_dataset
 
+    if min_samples < 1:
+        raise ClipaError("min_samples", "must be at least 1")
     dataset = canonical_dataset(dataset)
     hw = get_hardware(hardware)
     pricing = pricing or default_pricing(hw.name)
@@ -195,7 +230,22 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
     # every stage at most the native resolution: cpu_space's resolutions stop there
     space = space_for(hw, data_res) if hw.kind == "cpu" else cpu_space(data_res or 64)
     overhead = overhead or overhead_for(hw.name)
-    mods = _levels(models or space.models, ordered=True)  # the space lists models by size
+    if not plan_multiples or min(plan_multiples) <= 0:
+        raise ClipaError("plan_multiples", "the later plans' budgets must be positive multiples of the pilot's")
+    plan_budgets = sorted(m * budget_usd for m in plan_multiples)
+    mid_budget = plan_budgets[len(plan_budgets) // 2]
+
+    def afford(model: str, usd: float) -> float:
+        return affordable_samples(space, model, usd, space.full_res, hw.name, pricing, overhead)
+
+    candidates = tuple(models or space.models)  # the space lists models by size
+    if models is None:
+        usable = tuple(m for m in candidates if afford(m, plan_budgets[0]) >= MIN_PLAN_SAMPLES)
+        dropped = [m for m in candidates if m not in usable]
+        if dropped:
+            notes.append(f"models {', '.join(dropped)} left out: a ${plan_budgets[0]:.4g} plan affords fewer than "
+                         f"{MIN_PLAN_SAMPLES:,} samples of them at {space.full_res} px")
+        candidates = usable or candidates[:1]
     res = _levels(space.pretrain_res[8])
     texts = _levels(space.text_lens)
     rows = list(L9)
@@ -207,30 +257,51 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
         # correlation (the samples level no longer follows the token levels)
         rows = list(L9[: min(n_runs, 9)])
 
-    def build(scale: float) -> list[PilotRun]:
-        ladder = [int(round(scale * SAMPLES_RATIO**k, -2)) for k in range(3)]
-        runs = [PilotRun(mods[a], res[b], texts[c], max(ladder[d], MIN_PILOT_SAMPLES), 0, 0.0, 0.0)
-                for a, b, c, d in rows]
-        # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the data's
-        # resolution and full text; two runs (a short fine-tune of the smallest model, a longer one of the middle
-        # model) so that the fine-tune's length scale s0 is measured rather than left to its prior: a first pilot
-        # with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
-        if n_runs is None or n_runs > 9:
-            runs.append(PilotRun(mods[0], res[0], texts[0], max(ladder[1], MIN_PILOT_SAMPLES),
-                                 max(ladder[0] // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
-        if n_runs is None or n_runs > 10:
-            runs.append(PilotRun(mods[1], res[0], texts[0], max(ladder[1], MIN_PILOT_SAMPLES),
-                                 max(ladder[1] // 2, MIN_PILOT_SAMPLES), 0.0, 0.0))
-        for r in runs:
-            r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
-        return runs
+    def design_for(candidates: tuple[str, ...]):
+        mods = _levels(candidates, ordered=True)
+        # each model's samples follow what the middle plan affords it, relative to the cheapest model's: as the
+        # square root of that ratio, halfway (in log) between equal samples (the expensive model's runs would eat
+        # the budget) and equal cost (its runs would be too short to learn anything)
+        reach = {m: max(afford(m, mid_budget), 1.0) for m in set(mods)}
+        top = max(reach.values())
+        rel = {m: (reach[m] / top) ** 0.5 for m in reach}
 
-    lo, hi = float(MIN_PILOT_SAMPLES), 1e7
-    if sum(r.cost_usd for r in build(lo)) > budget_usd:
-        cheapest = sum(r.cost_usd for r in build(lo))
+        def build(scale: float) -> list[PilotRun]:
+            def samples(model: str, level: int) -> int:
+                return max(int(round(scale * rel[model] * SAMPLES_RATIO**level, -2)), min_samples)
+
+            runs = [PilotRun(mods[a], res[b], texts[c], samples(mods[a], d), 0, 0.0, 0.0) for a, b, c, d in rows]
+            # the fine-tune term: pre-training at the lowest resolution and shortest text, then a fine-tune at the
+            # data's resolution and full text; two runs (a short fine-tune of the smallest model, a longer one of the
+            # middle model) so that the fine-tune's length scale s0 is measured rather than left to its prior: a
+            # first pilot with one fine-tuned run let a plan extrapolate a fine-tune 12x longer and miss by 57 points
+            short_ft = max(samples(mods[0], 0) // 2, MIN_FT_SAMPLES)
+            if n_runs is None or n_runs > 9:
+                runs.append(PilotRun(mods[0], res[0], texts[0], samples(mods[0], 1), short_ft, 0.0, 0.0))
+            if n_runs is None or n_runs > 10:  # at least twice the first one's (floors could make them equal)
+                runs.append(PilotRun(mods[1], res[0], texts[0], samples(mods[1], 1),
+                                     max(samples(mods[1], 1) // 2, 2 * short_ft), 0.0, 0.0))
+            for r in runs:
+                r.cost_usd, r.device_hours = _price(space, r, hw.name, pricing, overhead)
+            return runs
+
+        return mods, reach, build
+
+    # the largest models go first when the design at the samples floor does not fit: a pilot measures the towers it
+    # can train past the take-off, not every tower at chance
+    while True:
+        mods, reach, build = design_for(candidates)
+        floor_cost = sum(r.cost_usd for r in build(1.0))
+        if floor_cost <= budget_usd or len(candidates) == 1 or models is not None:
+            break
+        notes.append(f"{candidates[-1]} left out: the design with it costs ${floor_cost:.4g} at "
+                     f"{min_samples:,} samples a run, over the ${budget_usd:.4g} budget")
+        candidates = candidates[:-1]
+    lo, hi = 1.0, 1e9  # the scale; every run's samples are floored at min_samples
+    if floor_cost > budget_usd:
         raise ClipaError("budget", f"${budget_usd:.4f} buys no pilot on {hw.name}: the smallest design costs "
-                                   f"${cheapest:.4f} ({len(build(lo))} runs of {MIN_PILOT_SAMPLES}+ samples)")
-    for _ in range(40):
+                                   f"${floor_cost:.4f} ({len(build(lo))} runs of {min_samples:,}+ samples)")
+    for _ in range(50):
         mid = (lo * hi) ** 0.5
         if sum(r.cost_usd for r in build(mid)) <= budget_usd:
             lo = mid
@@ -238,6 +309,9 @@ def design_pilot(budget_usd: float, dataset: str, data_dir: Path | None = None, 
             hi = mid
     runs = build(lo)
     specs = [_spec(space, r, dataset, data_dir, hw.name, pricing) for r in runs]
+    notes.append("for plans of " + ", ".join(f"${b:.4g}" for b in plan_budgets) + ": "
+                 + ", ".join(f"{m} up to {max(r.samples for r in runs if r.model == m):,} samples "
+                             f"(a ${mid_budget:.4g} plan affords {reach[m]:,.0f})" for m in dict.fromkeys(mods)))
     if caption_p90 is not None:
         padded = sorted({r.text_len for r in runs} | ({FULL_TEXT_LEN} if any(r.finetune for r in runs) else set()))
         padded = [t for t in padded if t > caption_p90]

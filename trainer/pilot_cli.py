@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option("--out", help="pilot folder (default plans/pilot-<id>)")] = None,
         models: Annotated[Optional[str], typer.Option("--models", help="comma-separated model axis, e.g. mu/8")] = None,
         runs: Annotated[Optional[int], typer.Option("--runs", help="keep only this many runs of the design (>= 3)")] = None,
+        min_samples: Annotated[Optional[int], typer.Option("--min-samples", help="fewest pre-training samples of a run (default: where the generated data's learning curve takes off, planner.pilot.MIN_PILOT_SAMPLES)")] = None,
         run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="parent of the runs' folders (default runs/)")] = None,
         design_only: Annotated[bool, typer.Option("--design-only", help="write the design, run nothing")] = False,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
@@ -35,7 +36,9 @@ def register(app: typer.Typer) -> None:
         """Design a small grid of cheap runs on a local dataset, run them, refit, and print the study's fitted law.
 
         The grid spans model size x pre-training resolution x text length x samples (an L9 orthogonal array, plus
-        two fine-tuned runs of different lengths), scaled to the budget with the cost model and the measured CPU overhead. Afterwards
+        two fine-tuned runs of different lengths), for plans of 1x, 3x and 10x the pilot's budget: the models those
+        plans can afford, each model's samples in step with what they afford it, scaled to the budget with the cost
+        model and the measured CPU overhead. Afterwards
         `clipa plan --dataset local:NAME --data DIR --hardware cpu-2core --budget B` extrapolates from it.
         """
         from planner.cli import console, print_json
@@ -58,7 +61,10 @@ def register(app: typer.Typer) -> None:
             reused = True
         else:
             mods = tuple(m.strip() for m in models.split(",")) if models else None
-            design = design_pilot(usd, ds, data, hw.name, pricing, models=mods, n_runs=runs)
+            from planner.pilot import MIN_PILOT_SAMPLES
+
+            design = design_pilot(usd, ds, data, hw.name, pricing, models=mods, n_runs=runs,
+                                  min_samples=min_samples or MIN_PILOT_SAMPLES)
             body = write_pilot(design, folder, pid)
             _, todo = load_plan(folder)
             reused = False

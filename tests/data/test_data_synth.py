@@ -131,3 +131,19 @@ def test_other_resolutions(res):
     img, caption, _ = draw_sample(1, "eval", 0, res)
     assert img.size == (res, res) and img.mode == "RGB" and caption.endswith(".")
     assert set(SHAPES) and set(COLOURS)
+
+
+def test_fine_class_set_labels_texture_colour_shape(tmp_path):
+    # --classes fine: zero-shot classes are "texture colour shape" (256); the images and captions are the coarse
+    # set's, only the label (and classes.txt) change
+    info = write_synth(tmp_path / "f", samples=20, eval_samples=20, shard_size=20, seed=3, classes="fine")
+    assert info["classes"] == 256 and info["class_set"] == "fine"
+    names = (tmp_path / "f" / "classes.txt").read_text().splitlines()
+    assert names == classnames_fine()
+    for s in _samples(tmp_path / "f" / "eval"):
+        meta = json.loads(s["json"])
+        main = next(o for o in meta["objects"] if o["main"])
+        assert names[meta["label"]] == f"{main['texture']} {main['colour']} {main['shape']}"
+        assert classnames()[meta["label_coarse"]] == meta["class"]
+    with pytest.raises(Exception, match="classes"):
+        write_synth(tmp_path / "g", samples=2, eval_samples=2, classes="medium")

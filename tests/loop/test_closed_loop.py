@@ -48,14 +48,14 @@ def tiny_data(tmp_path_factory):
 def test_pilot_plan_run_compare(tiny_data, isolated_home, tmp_path):
     home = isolated_home
     pilot = clipa(home, "pilot", "--budget", "0.0007", "--dataset", "local:tiny", "--data", str(tiny_data),
-                  "--models", "mu/8", "--runs", "3", "--run-dir", str(tmp_path / "runs"), "--json")
+                  "--models", "mu/8", "--runs", "3", "--min-samples", "1000", "--run-dir", str(tmp_path / "runs"), "--json")
     assert len(pilot["runs"]) == 3 and pilot["study"] is not None
     study = pilot["study"]
     assert study["study"] == "zeroshot:local:tiny" and study["metrics"]["rows"] == 3
     assert all(r["device_hours"] > 0 and 0 <= r["top1"] <= 100 for r in pilot["runs"])
     # a rerun of the same pilot finds everything done: no new records
     again = clipa(home, "pilot", "--budget", "0.0007", "--dataset", "local:tiny", "--data", str(tiny_data),
-                  "--models", "mu/8", "--runs", "3", "--run-dir", str(tmp_path / "runs"), "--json")
+                  "--models", "mu/8", "--runs", "3", "--min-samples", "1000", "--run-dir", str(tmp_path / "runs"), "--json")
     assert [r["run_id"] for r in again["runs"]] == [r["run_id"] for r in pilot["runs"]]
     assert len(list((home / "results" / "runs").glob("*.json"))) == 3
 
@@ -83,7 +83,7 @@ def test_pilot_plan_run_compare(tiny_data, isolated_home, tmp_path):
 def test_killed_plan_finishes_without_redoing_or_duplicating(tiny_data, isolated_home, tmp_path):
     home = isolated_home
     design = clipa(home, "pilot", "--budget", "0.0008", "--dataset", "local:tiny", "--data", str(tiny_data),
-                   "--models", "mu/8", "--runs", "3", "--design-only", "--out", str(tmp_path / "plan"), "--json")
+                   "--models", "mu/8", "--runs", "3", "--min-samples", "1000", "--design-only", "--out", str(tmp_path / "plan"), "--json")
     ids = [r["run_id"] for r in design["runs"]]
     runs = home / "results" / "runs"
     proc = subprocess.Popen([*CLIPA, "run", str(tmp_path / "plan"), "--run-dir", str(tmp_path / "runs"),

@@ -19,26 +19,27 @@ from planner.search import cpu_space, enumerate_candidates
 from planner.datasets import IMAGENET_TASK, eval_task
 from planner.studies import fit_study, local_top1, predict_study
 
-SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
+SHARED = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34, "beta": 0.44}
 TRUTH = dict(SHARED, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5, ln_ci=math.log(1.5),
-             ln_ct=math.log(2), ln_s0=math.log(0.2))
+             ln_ct=math.log(2), ln_s0=math.log(0.2), E=10.0)
 CHANCE = 100 / 64
 
 
-def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0):
+def _local_rows(n: int = 40, noise: float = 0.5, seed: int = 0, truth: dict | None = None,
+                samples: tuple = ("5K", "16K", "48K")):
     rows = [schedule_features(m, "local:t", f"{s}@{r}/{t}") for m in ("mu/8", "mini/8", "xs/8") for r in (16, 24, 32)
-            for t in (8, 16, 32) for s in ("5K", "16K", "48K")]
+            for t in (8, 16, 32) for s in samples]
     f = features_frame(rows)
     rng = np.random.default_rng(seed)
     f = f.iloc[np.sort(rng.choice(len(f), n, replace=False))].reset_index(drop=True)
-    f["top1"] = local_top1(TRUTH, f, 16.0, CHANCE) + rng.normal(0, noise, len(f))
+    f["top1"] = local_top1(truth or TRUTH, f, 16.0, CHANCE) + rng.normal(0, noise, len(f))
     f["key"] = [f"k{i}" for i in range(len(f))]
     return f
 
 
 def test_reduced_law_recovers_known_parameters():
     # a huge eval split: the binomial noise floor stays below the 0.5-point noise drawn here
-    fit = fit_study(_local_rows(), SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000)
+    fit = fit_study(_local_rows(), SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000, scale=4.0)
     sd = fit.param_sd()
     for k in ("ln_A", "alpha", "ln_B", "beta", "ln_ci", "ln_ct"):
         assert abs(fit.params[k] - TRUTH[k]) < max(4 * sd[k], 0.05), (k, fit.params[k], TRUTH[k], sd[k])
@@ -60,6 +61,43 @@ def test_interval_covers_and_widens_outside_the_study():
     pn, pf = predict_study(fit, near).iloc[0], predict_study(fit, far).iloc[0]
     assert not pn.extrapolated and pf.extrapolated
     assert pf.high - pf.low > pn.high - pn.low
+
+
+def test_ceiling_caps_top1_below_100():
+    # a local dataset's top-1 saturates at 100 - E, however large the model and long the run
+    f = features_frame([schedule_features("xs/8", "local:t", "100M@32/32")])
+    lo, hi = (local_top1(dict(TRUTH, E=e), f, 16.0, CHANCE)[0] for e in (30.0, 10.0))
+    assert hi < 90.0 and hi - lo == pytest.approx(20.0, abs=0.1)
+    rows = _local_rows(n=40, noise=0.5, seed=4, truth=dict(TRUTH, ln_B=math.log(8), E=35.0),
+                       samples=("50K", "160K", "480K"))
+    assert rows["top1"].max() > 45  # the runs reach the bend below the ceiling
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, eval_n=1_000_000)
+    assert fit.params["E"] == pytest.approx(35.0, abs=4.0)
+
+
+def test_study_predicts_held_out_larger_runs():
+    # a pilot-sized study (12 runs, 1-point noise) predicts runs 3x beyond its largest samples within 2 points
+    rows = _local_rows(n=12, noise=1.0, seed=5)
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, eval_n=4000)
+    held = features_frame([schedule_features(m, "local:t", f"150K@{r}/32") for m in ("mu/8", "mini/8", "xs/8")
+                           for r in (16, 32)])
+    truth = local_top1(TRUTH, held, 16.0, CHANCE)
+    pred = predict_study(fit, held)
+    assert np.mean(np.abs(pred["predicted_top1"] - truth)) < 2.0
+    assert ((truth >= pred["low"]) & (truth <= pred["high"])).mean() >= 0.75
+
+
+def test_prior_width_follows_how_well_imagenet_transfers():
+    # the held-out test leans on the ImageNet exponents when the local data follows them, and frees them when it
+    # does not (a dataset whose token penalty is far steeper than ImageNet's and does not shrink with model size)
+    from planner.studies import PRIOR_SCALES, prior_scale
+
+    same = _local_rows(n=14, noise=1.0, seed=6, truth=dict(TRUTH, alpha=0.34, beta=0.44))
+    other = _local_rows(n=14, noise=1.0, seed=6, truth=dict(TRUTH, kappa=2.5, gamma=0.0))
+    s_same, mae_same = prior_scale(same, SHARED, chance=CHANCE, eval_n=4000)
+    s_other, mae_other = prior_scale(other, SHARED, chance=CHANCE, eval_n=4000)
+    assert set(mae_same) == set(PRIOR_SCALES)
+    assert s_other > s_same, (mae_same, mae_other)
 
 
 def test_local_fit_refuses_imagenet_rows():
@@ -110,21 +148,53 @@ def test_local_runs_never_change_the_imagenet_fit(isolated_home):
 
 
 def test_pilot_design_within_budget_and_spans_every_axis():
-    d = design_pilot(0.01, "local:t", data_res=32)
-    assert d.cost_usd <= 0.01 and d.cost_usd > 0.9 * 0.01  # spends the budget, not more
+    d = design_pilot(0.0168, "local:t", data_res=32)  # 15 minutes of this CPU
+    assert d.cost_usd <= 0.0168 and d.cost_usd > 0.9 * 0.0168  # spends the budget, not more
     assert len(d.runs) == 11
-    for axis in ("model", "res", "text_len", "samples"):
+    for axis in ("model", "res", "text_len"):
         assert len({getattr(r, axis) for r in d.runs}) == 3, axis
     assert {r.model for r in d.runs} == {"mu/8", "mini/8", "xs/8"}
     assert max(r.res for r in d.runs) == 32
+    # every model is seen on a x3 samples ladder of its own, floored where a run would be too short to learn
+    from planner.pilot import MIN_PILOT_SAMPLES
+
+    for m in ("mu/8", "mini/8", "xs/8"):
+        levels = sorted(r.samples for r in d.runs[:9] if r.model == m)
+        assert levels[0] >= MIN_PILOT_SAMPLES and levels[2] > levels[0], (m, levels)
+    mu = sorted(r.samples for r in d.runs[:9] if r.model == "mu/8")
+    assert mu[2] / mu[1] == pytest.approx(3, rel=0.05)
     # two fine-tuned runs of different lengths (the fine-tune's length scale is measured, not assumed)
     assert len({r.finetune for r in d.runs if r.finetune}) == 2
-    # each pair of the four L9 axes is balanced: every level of one axis meets three levels of another
+    # each pair of the L9 axes is balanced: every level of one axis meets three levels of another
     l9 = d.runs[:9]
-    for a, b in (("model", "res"), ("model", "samples"), ("res", "text_len")):
+    for a, b in (("model", "res"), ("model", "text_len"), ("res", "text_len")):
         assert len({(getattr(r, a), getattr(r, b)) for r in l9}) == 9
     with pytest.raises(ClipaError, match="buys no pilot"):
         design_pilot(1e-6, "local:t", data_res=32)
+
+
+def test_pilot_design_follows_what_the_plans_can_afford():
+    # plans of 1x, 3x, 10x the pilot's budget: a small pilot leaves out the towers its plans cannot afford (or it
+    # cannot train past the samples floor), a larger one takes them in; a cheap tower's runs reach further in samples
+    # than an expensive one's; and a larger budget reaches further
+    from planner.pilot import MIN_PILOT_SAMPLES, MIN_PLAN_SAMPLES, affordable_samples, prior_overhead
+    from planner.search import space_for
+    from planner.hardware import get_hardware
+
+    small, large = design_pilot(0.005, "local:t", data_res=32), design_pilot(0.0168, "local:t", data_res=32)
+    space = space_for(get_hardware("cpu-2core"), 32)
+    assert affordable_samples(space, "xs/8", 0.005, 32, "cpu-2core", "on-demand",
+                              prior_overhead("cpu-2core")) < MIN_PLAN_SAMPLES
+    assert "xs/8" not in {r.model for r in small.runs} and any("xs/8 left out" in n for n in small.notes)
+    assert min(r.samples for r in small.runs) >= MIN_PILOT_SAMPLES  # no run below the take-off
+    assert {r.model for r in large.runs} == {"mu/8", "mini/8", "xs/8"}
+    top = {m: max(r.samples for r in large.runs if r.model == m) for m in ("mu/8", "mini/8", "xs/8")}
+    assert top["mu/8"] > top["mini/8"] > top["xs/8"]
+    assert max(r.samples for r in large.runs if r.model == "mu/8") > 1.5 * max(r.samples for r in small.runs
+                                                                                if r.model == "mu/8")
+    # a pilot whose smallest plan is a fifth of it (0.2x-3x): the smallest cannot afford the large tower, so it is out
+    near = design_pilot(0.0168, "local:t", data_res=32, plan_multiples=(0.2, 1.0, 3.0))
+    assert near.cost_usd <= 0.0168 and {r.model for r in near.runs} == {"mu/8", "mini/8"}
 
 
 def test_small_pilot_spans_the_token_and_samples_axes():

@@ -27,7 +27,7 @@ def test_pilot_on_a_user_dataset(isolated_home, tmp_path):
     assert (check["profile"]["n_classes"], check["profile"]["resolution"], check["profile"]["eval_size"]) == (10, 32, 100)
 
     pilot = clipa(home, "pilot", "--budget", "0.0008", "--dataset", "local:pets", "--data", str(data),
-                  "--models", "mu/8", "--runs", "3", "--run-dir", str(tmp_path / "runs"), "--json")
+                  "--models", "mu/8", "--runs", "3", "--min-samples", "1000", "--run-dir", str(tmp_path / "runs"), "--json")
     assert any("10 classes" in n and "native 32 px" in n for n in pilot["notes"])
     st = pilot["study"]
     assert st["chance"] == pytest.approx(10.0) and st["n_classes"] == 10 and st["native_res"] == 32

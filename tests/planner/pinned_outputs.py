@@ -61,9 +61,9 @@ def _local_study() -> dict:
     from planner.features import features_frame, schedule_features
     from planner.studies import fit_study, local_top1, predict_study
 
-    shared = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34}
+    shared = {"gamma": 0.31, "kappa": 0.99, "psi": 1.0, "eta": 0.5, "alpha": 0.34, "beta": 0.44}
     truth = dict(shared, kappa_t=1.0, ln_A=math.log(15), alpha=0.35, ln_B=math.log(40), beta=0.5,
-                 ln_ci=math.log(1.5), ln_ct=math.log(2), ln_s0=math.log(0.2))
+                 ln_ci=math.log(1.5), ln_ct=math.log(2), ln_s0=math.log(0.2), E=10.0)
     chance = 100 / 64
     rows = [schedule_features(m, "local:t", f"{s}@{r}/{t}") for m in ("mu/8", "mini/8", "xs/8")
             for r in (16, 24, 32) for t in (8, 16, 32) for s in ("5K", "16K", "48K")]

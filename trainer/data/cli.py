@@ -38,6 +38,8 @@ def synth_cmd(
     shard_size: Annotated[int, typer.Option("--shard-size", help="samples per tar shard")] = 1_000,
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary size (an upper bound)")] = 1_024,
     workers: Annotated[int, typer.Option("--workers", help="processes drawing shards in parallel")] = 1,
+    classes: Annotated[str, typer.Option("--classes", help="zero-shot classes: coarse (64: colour shape) or fine "
+                                         "(256: texture colour shape)")] = "coarse",
     json_out: Annotated[bool, typer.Option("--json", help="print dataset.json as one JSON object")] = False,
 ) -> None:
     """Generate the synthetic captioned-image dataset (webdataset shards) with a held-out split, classes,
@@ -49,7 +51,7 @@ def synth_cmd(
         raise ClipaError("workers", "must be at least 1")
     t0 = time.perf_counter()
     info = write_synth(out, samples=samples, resolution=resolution, seed=seed, eval_samples=eval_samples,
-                       shard_size=shard_size, vocab_size=vocab_size, workers=workers)
+                       shard_size=shard_size, vocab_size=vocab_size, workers=workers, classes=classes)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     info["out"] = str(out)
     if json_out:

@@ -61,6 +61,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 TEXTURES = ["plain", "striped", "dotted", "checkered"]
 _COLOUR_NAMES = list(COLOURS)
 SPLITS = {"train": 0, "eval": 1}
+# what a zero-shot class is: the main object's "colour shape" (64) or "texture colour shape" (256; textures need
+# resolution and more capacity to separate)
+CLASS_SETS = ("coarse", "fine")
 VERSION = 1
 
 # Caption vocabulary, with Penn tags (the generator knows each word's part of speech).
@@ -406,12 +409,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_shard(args: tuple) -> tuple[str, list[str]]:
-    path, seed, split, start, stop, resolution, quality = args
+    path, seed, split, start, stop, resolution, quality, fine = args
     captions = []
     tmp = path + ".tmp"
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for i in range(start, stop):
             img, caption, meta = draw_sample(seed, split, i, resolution)
+            if fine:  # the zero-shot label is the fine class; the coarse one stays in the record
+                meta["label"], meta["label_coarse"] = meta["label_fine"], meta["label"]
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=quality)
             key = f"{split}{i:08d}"
@@ -434,6 +439,7 @@ def write_synth(
     workers: int = 1,
     quality: int = 90,
     progress: Callable[[int, int], None] | None = None,
+    classes: str = "coarse",
 ) -> dict:
     """Write the dataset (train + eval shards, classes, templates, tokenizer, dataset.json); returns dataset.json."""
     from trainer.data.tokenizer import train_tokenizer
@@ -444,6 +450,9 @@ def write_synth(
         raise ClipaError("resolution", f"{resolution} is outside 16..1024")
     if shard_size <= 0:
         raise ClipaError("shard_size", "must be positive")
+    if classes not in CLASS_SETS:
+        raise ClipaError("classes", f"{classes!r} is not one of {', '.join(CLASS_SETS)}")
+    fine = classes == "fine"
     out = Path(out)
     jobs = []
     for split, n in (("train", samples), ("eval", eval_samples)):
@@ -453,7 +462,7 @@ def write_synth(
             old.unlink()
         for k, start in enumerate(range(0, n, shard_size)):
             jobs.append((str(d / f"shard-{k:06d}.tar"), seed, split, start, min(n, start + shard_size), resolution,
-                         quality))
+                         quality, fine))
     train_captions: list[str] = []
     done = 0
     total = samples + eval_samples
@@ -477,7 +486,7 @@ def write_synth(
             if progress:
                 progress(done, total)
 
-    (out / "classes.txt").write_text("\n".join(classnames()) + "\n")
+    (out / "classes.txt").write_text("\n".join(classnames_fine() if fine else classnames()) + "\n")
     (out / "classes_fine.txt").write_text("\n".join(classnames_fine()) + "\n")
     (out / "templates.txt").write_text("\n".join(_TEMPLATES) + "\n")
     tok = train_tokenizer(train_captions, vocab_size=vocab_size)
@@ -490,7 +499,8 @@ def write_synth(
         "train_samples": samples,
         "eval_samples": eval_samples,
         "shard_size": shard_size,
-        "classes": len(classnames()),
+        "classes": len(classnames_fine() if fine else classnames()),
+        "class_set": classes,
         "classes_fine": len(classnames_fine()),
         "shapes": SHAPES,
         "colours": list(COLOURS),

@@ -1,0 +1,51 @@
+"""The closed-loop report (``benchmarks/closed_loop.py``): the issue-19 figures computed from executed plans, the
+spend rationale from a plan's own frontier, and the document rewritten only between its markers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "closed_loop.py"
+_spec = importlib.util.spec_from_file_location("closed_loop_report", _PATH)
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def _plan(pred, low, high, actual, share, gain, mult=1.0):
+    return {"multiple": mult, "budget": 0.01 * mult, "model": "mu/8", "schedule": "100K@32/32", "predicted": pred,
+            "low": low, "high": high, "actual": actual, "spend_share": share, "measured_share": share, "gain": gain}
+
+
+def test_figures_from_executed_plans():
+    plans = [_plan(10.0, 7.0, 13.0, 11.0, 0.9, 0.0), _plan(12.0, 9.0, 15.0, 16.0, 0.8, 0.0, 3),
+             _plan(14.0, 10.0, 18.0, 13.0, 0.5, 0.2, 3), _plan(15.0, 13.0, 17.0, 15.5, 0.4, 1.5, 10)]
+    s = report.summarise(plans)
+    assert s["mae"] == pytest.approx((1 + 4 + 1 + 0.5) / 4)
+    assert s["inside"] == 3 and s["n"] == 4
+    assert s["median_half_width"] == pytest.approx(3.0)  # half-widths 3, 3, 4, 2
+    # the last plan spends 40% although its own fit says more spend buys 1.5 points
+    assert not s["spend_ok"]
+    assert report.summarise(plans[:3])["spend_ok"]
+
+
+def test_spend_gain_reads_the_plans_frontier_within_budget():
+    body = {"objective": "mean", "budget_usd": 0.01, "chosen": {"predicted_top1": 12.0, "interval": [9, 15]},
+            "frontier": [{"cost_usd": 0.002, "predicted_top1": 11.0}, {"cost_usd": 0.008, "predicted_top1": 12.7},
+                         {"cost_usd": 0.02, "predicted_top1": 20.0}]}
+    assert report.spend_gain(body) == pytest.approx(0.7)  # 20 is beyond the budget
+    body["objective"] = "p10"
+    body["frontier"] = [{"cost_usd": 0.008, "low": 9.2}]
+    assert report.spend_gain(body) == pytest.approx(0.2)
+
+
+def test_doc_rewritten_between_markers_history_kept(tmp_path):
+    doc = tmp_path / "closed_loop.md"
+    doc.write_text("# Title\n\nhistory paragraph\n")
+    report.write_doc(doc, f"{report.BEGIN}\nfirst\n{report.END}\n")
+    report.write_doc(doc, f"{report.BEGIN}\nsecond\n{report.END}\n")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\n") and "history paragraph" in text
+    assert "second" in text and "first" not in text and text.count(report.BEGIN) == 1
