@@ -463,16 +463,18 @@ def compare(
         console.print("no executed runs in results/runs/ yet: run a plan with  clipa run PLAN_DIR")
         return
     t = Table(title="predicted against actual")
-    for col in ("run", "model", "dataset", "schedule", "USD", "predicted", "80% interval", "actual", "error", "inside"):
+    for col in ("run", "model", "dataset", "schedule", "USD", "predicted", "80% interval", "actual", "error", "inside",
+                "flags"):
         t.add_column(col, justify="right" if col in ("USD", "predicted", "actual", "error") else "left")
     for r in rows:
         if "predicted_top1" in r:
             t.add_row(r["run_id"][:10], r["model"], r["dataset"], r["schedule"], fmt_usd(r["cost_usd"]),
                       f"{r['predicted_top1']:.1f}", f"{r['interval'][0]:.1f}-{r['interval'][1]:.1f}",
-                      f"{r['actual_top1']:.1f}", f"{r['error']:+.1f}", "yes" if r["inside_interval"] else "NO")
+                      f"{r['actual_top1']:.1f}", f"{r['error']:+.1f}", "yes" if r["inside_interval"] else "NO",
+                      "; ".join(r["flags"]) or "-")
         else:
             t.add_row(r["run_id"][:10], r["model"], r["dataset"], r["schedule"], fmt_usd(r["cost_usd"]), "-", "-",
-                      f"{r['actual_top1']:.1f}", "-", "-")
+                      f"{r['actual_top1']:.1f}", "-", "-", "-")
     console.print(t)
     s = Table(title="per fit version")
     for col in ("fit version", "runs", "MAE", "worst", "coverage"):

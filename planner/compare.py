@@ -24,7 +24,7 @@ def comparison_rows(results: list[RunResult]) -> list[dict[str, Any]]:
         if p is not None:
             row.update({
                 "predicted_top1": p.predicted_top1, "interval": [p.low, p.high], "fit_version": p.fit_version,
-                "extrapolated": p.extrapolated, "error": r.top1 - p.predicted_top1,
+                "extrapolated": p.extrapolated, "flags": p.flags, "error": r.top1 - p.predicted_top1,
                 "inside_interval": p.low <= r.top1 <= p.high,
             })
         rows.append(row)

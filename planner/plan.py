@@ -248,7 +248,8 @@ def make_plan(
         "other_hardware": other_hw,
         "runs": [{"run_id": spec.run_id, "spec": str(spec_path), "prediction": {
             "predicted_top1": chosen["predicted_top1"], "low": chosen["interval"][0], "high": chosen["interval"][1],
-            "extrapolated": chosen["extrapolated"], "fit_version": fit_version}}],
+            "extrapolated": chosen["extrapolated"], "fit_version": fit_version,
+            "flags": list(chosen.get("flags", []))}}],
     }
     spec.write(spec_path)
     atomic_write_text(plan_dir / "plan.json", json.dumps(body, indent=2) + "\n")

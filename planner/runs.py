@@ -41,6 +41,8 @@ class RecordedPrediction(_Strict):
     high: float
     extrapolated: bool
     fit_version: str
+    # thin data where the run stands (planner.accuracy: e.g. "no g/14 on datacomp-1b"), as the plan printed them
+    flags: list[str] = Field(default_factory=list)
 
 
 class RunResult(_Strict):

@@ -99,7 +99,7 @@ def predict_now(spec: RunSpec) -> RecordedPrediction:
     fit = load_or_fit()
     p = predict_stages(fit, spec.model, spec.dataset, spec.stages)
     return RecordedPrediction(predicted_top1=p.predicted_top1, low=p.low, high=p.high,
-                              extrapolated=bool(p.extrapolated), fit_version=fit.version)
+                              extrapolated=bool(p.extrapolated), fit_version=fit.version, flags=list(p.flags))
 
 
 def _started_at(run_dir: Path):

@@ -81,3 +81,31 @@ def test_bad_run_file_is_reported_by_name(isolated_home, content, fragment, caps
     assert list(runs["citation"]) == ["results/runs/good.json"]  # the bad file never hides a good neighbour
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken-run.json" in err[0] and fragment in err[0], err
+
+
+def test_compare_shows_the_flags_the_prediction_was_made_with(isolated_home, capsys):
+    """A run recorded with a thin-data prediction (issue 19: 'no g/14 on datacomp-1b') keeps that flag; a record
+    written before predictions had flags reads with none."""
+    from planner.cli import run_app
+    from planner.runs import RecordedPrediction
+
+    d = _runs_dir(isolated_home)
+    stages = parse_schedule("2B@84/8 + 128M@224/32", "g/14")
+    spec = spec_from_dict({"model": "g/14", "dataset": "datacomp-1b",
+                           "stages": [s.model_dump(mode="json") for s in stages]})
+    now = utcnow()
+    pred = RecordedPrediction(predicted_top1=71.0, low=68.0, high=74.0, extrapolated=False, fit_version="f1",
+                              flags=["no g/14 on datacomp-1b (no g run anywhere)"])
+    write_result(RunResult(run_id=spec.run_id, spec=spec, eval_task="imagenet-1k", started_at=now, finished_at=now,
+                           wall_seconds=1, device_hours=0.1, cost_usd=0.2, samples_per_second=1, mfu=0.1, top1=70.0,
+                           prediction=pred), d)
+    assert run_app(["compare", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["runs"]
+    assert row["flags"] == ["no g/14 on datacomp-1b (no g run anywhere)"] and row["inside_interval"]
+    assert run_app(["compare"]) == 0
+    assert "no g/14 on" in capsys.readouterr().out
+    body = json.loads(d.joinpath(f"{spec.run_id}.json").read_text())
+    del body["prediction"]["flags"]  # as an earlier version wrote it
+    d.joinpath(f"{spec.run_id}.json").write_text(json.dumps(body))
+    assert run_app(["compare", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["flags"] == []

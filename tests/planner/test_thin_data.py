@@ -75,6 +75,13 @@ def test_plan_json_and_text_show_the_flags_and_predict_too(isolated_home, tmp_pa
     d = json.loads(out)
     assert d["chosen"]["model"] == "g/14" and d["chosen"]["flags"][0].startswith("no g/14 on datacomp-1b")
     assert all("flags" in r for r in d["runners_up"])
+    # the prediction recorded with each run keeps them (clipa run records it; clipa compare shows it)
+    from planner.plan import load_plan
+    from planner.runs import RecordedPrediction
+    from trainer.closed_loop import predict_now
+
+    (spec, pred), = load_plan(tmp_path / "m")[1]
+    assert RecordedPrediction(**pred).flags == d["chosen"]["flags"] == predict_now(spec).flags
     code, out, _ = _run(["plan", "--budget", "10000", "--out", tmp_path / "t"], capsys)
     assert code == 0 and "no g/14 on" in out
     code, out, _ = _run(["predict", "--model", G14[0], "--dataset", G14[1], "--schedule", G14[2], "--json"], capsys)
