@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -65,6 +64,7 @@ def refit(points: list[dict]) -> tuple[float, ...]:
 
 def table(points: list[dict]) -> list[dict]:
     from planner.memory import estimate
+    from trainer.fit_check import over_hbm_temporaries
 
     out = []
     for p in points:
@@ -72,8 +72,8 @@ def table(points: list[dict]) -> list[dict]:
         row = {k: p.get(k) for k in ("model", "image_res", "text_len", "batch_size", "topology", "micro_batch", "remat",
                                       "sharding", "compile_s", "compiled_over_planner_flops", "file")}
         row["compiled_gb"] = p["peak_bytes"] / 1e9 if p.get("peak_bytes") else None
-        m = re.search(r"temporaries \(([0-9.]+)G\)", p.get("error") or "")  # libtpu's message for a step over HBM
-        row["needs_gb"] = (float(m.group(1)) * 2**30 + est.state_bytes) / 1e9 if m else None
+        temps = over_hbm_temporaries(p.get("error"))
+        row["needs_gb"] = (temps + est.state_bytes) / 1e9 if temps is not None else None
         row["analytic_gb"] = est.peak_gb
         row["error"] = (est.peak_bytes / p["peak_bytes"] - 1) if p.get("peak_bytes") else None
         out.append(row)

@@ -62,11 +62,11 @@ def local_memory(devices) -> tuple[float, str]:
     return host / len(devices), f"{host / 1e9:.0f} GB of host memory shared by {len(devices)} {devices[0].platform} device(s)"
 
 
-def local_fit_problem(spec: RunSpec, elsewhere: str, rehearse: str) -> str | None:
+def local_fit_problem(spec: RunSpec) -> str | None:
     """Why ``spec`` cannot train on this machine's devices, or None: a stage whose analytic peak per device
     (``planner.memory``, with the stage's micro_batch/remat/sharding) exceeds what a local device has. Checked before
-    anything starts, so a plan priced for a GPU node or a TPU slice says where to run it (``elsewhere``) instead of
-    dying in the allocator after the data pipeline is up."""
+    anything starts, so a plan priced for a GPU node or a TPU slice says where to run it instead of dying in the
+    allocator after the data pipeline is up."""
     import jax
 
     from planner.memory import estimate
@@ -79,8 +79,7 @@ def local_fit_problem(spec: RunSpec, elsewhere: str, rehearse: str) -> str | Non
         if est.peak_bytes > limit:
             return (f"run {spec.run_id}: stage {i + 1} of {len(spec.stages)} ({spec.model}, batch {st.batch_size} at "
                     f"{st.image_res} px) needs about {est.peak_bytes / 1e9:,.0f} GB per device; this machine has "
-                    f"{what}. The plan is priced for {spec.hardware}: execute it there with  {elsewhere}  "
-                    f"(check it here first with  {rehearse})")
+                    f"{what}. The plan is priced for {spec.hardware}")
     return None
 
 

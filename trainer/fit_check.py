@@ -215,15 +215,22 @@ def compile_stage(spec: RunSpec, index: int, hw: Hardware, chips: int, use_cache
 RECHOICE_ROUNDS = 3  # compile, re-choose, recompile: at most this many re-choices per plan
 
 
-def required_bytes(result: CompiledStage, state_bytes: float) -> float:
-    """Bytes per device the compiled step needs: its peak, or for a step that did not fit, the HLO temporaries
-    the compiler reported (libtpu: "... HLO temporaries (21.93G) exceeds ...") plus the training state it keeps."""
+def over_hbm_temporaries(error: str | None) -> float | None:
+    """The HLO temporaries, in bytes, that libtpu reports for a step over HBM ("... HLO temporaries (21.93G)
+    exceeds ..."), or None."""
     import re
 
+    m = re.search(r"temporaries \(([0-9.]+)G\)", error or "")
+    return float(m.group(1)) * 2**30 if m else None
+
+
+def required_bytes(result: CompiledStage, state_bytes: float) -> float:
+    """Bytes per device the compiled step needs: its peak, or for a step that did not fit, the HLO temporaries
+    the compiler reported plus the training state it keeps."""
     if result.peak_bytes:
         return float(result.peak_bytes)
-    m = re.search(r"temporaries \(([0-9.]+)G\)", result.error or "")
-    return float(m.group(1)) * 2**30 + state_bytes if m else float("inf")
+    temps = over_hbm_temporaries(result.error)
+    return temps + state_bytes if temps is not None else float("inf")
 
 
 def attach_compiled(body: dict, plan_dir: Path, compile_: bool | None) -> None:

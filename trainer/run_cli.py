@@ -132,9 +132,11 @@ def register(app: typer.Typer) -> None:
             if backend == "local":
                 from trainer.closed_loop import local_fit_problem
 
-                problem = local_fit_problem(spec, execute_command(
-                    target, spec, {"data": data, "eval_data": eval_data, "tokenizer": tokenizer}),
-                    f"clipa rehearse {target}")
+                problem = local_fit_problem(spec)
+                if problem:
+                    where = execute_command(target, spec,
+                                            {"data": data, "eval_data": eval_data, "tokenizer": tokenizer})
+                    problem += f": execute it there with  {where}  (check it here first with  clipa rehearse {target})"
                 if problem and not dry_run:
                     raise ClipaError("memory", problem)
                 if problem:
