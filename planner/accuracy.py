@@ -52,8 +52,10 @@ Fit: ``scipy.optimize.least_squares`` (bounded, ``soft_l1`` loss with a scale of
 how the value was obtained (reported 1, digitized 0.7, external 0.5). Interval: the Gauss-Newton covariance
 ``s^2 (J^T J)^+`` propagated through the prediction's gradient, plus the residual noise, as a normal 80% interval;
 outside the data's range (model size, samples, tokens, text, fine-tune length, dataset; and pre-training tokens
-below the fewest any model of that size or smaller was trained with) the half-width grows by half the summed
-log-distance outside the range, and the prediction is flagged ``extrapolated``.
+below the fewest any model of that size or smaller was trained with) the half-width grows in proportion to the summed
+log-distance outside the range, and the prediction is flagged ``extrapolated``. The growth per log unit is learned
+with the thin-data widths (below) from the backtest's predictions outside their refit's range (a model size or the
+largest sizes left out, ``learn_range_widening``) and stored in the fit file (``thin_data.widen_per_log``).
 
 Thin data (``thin_data``): the law carries one model size's behaviour to another and one dataset's to another, and
 the interval above only knows the fit's own noise. So the variance of a prediction grows with how thin the data are
@@ -420,7 +422,7 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
     def fit_now() -> LawFit:
         fit = fit_accuracy(data)
         fit.version, fit.data_hash, fit.code_hash = version, dh, ch
-        fit.thin["widths"] = thin_widths(ch)
+        fit.thin["widths"], fit.thin["widen_per_log"] = thin_widths(ch)
         return fit
 
     fit = law.cached_or_fit(f"{version}.json", dh, ch, refit, fit_now)
@@ -430,12 +432,12 @@ def load_or_fit(refit: bool = False, include_runs: bool = True) -> LawFit:
     return fit
 
 
-def thin_widths(code: str) -> list[float]:
-    """The thin-data widths (points, one per ``THIN_LEVELS``) of this code: learned from the out-of-sample
-    predictions of the published rows (``out_of_sample``, ``learn_thin_widths``), so executed runs change a fit's
-    cell counts but not its widths. Read from the published rows' fit file (shipped in results/fits/, or cached)
-    whatever ``refit`` says; learned (half a minute of refits) and saved with that fit only when no file of this
-    code has them."""
+def thin_widths(code: str) -> tuple[list[float], dict[str, float]]:
+    """The thin-data widths (points, one per ``THIN_LEVELS``) and the range widening per log unit of this code:
+    learned from the out-of-sample predictions of the published rows (``out_of_sample``, ``learn_interval_terms``),
+    so executed runs change a fit's cell counts but not its interval terms. Read from the published rows' fit file
+    (shipped in results/fits/, or cached) whatever ``refit`` says; learned (half a minute of refits) and saved with
+    that fit only when no file of this code has them."""
     published = fitting_data(include_runs=False)
     ph = published.hash()
     version = law.fit_version(ph, code)
@@ -443,13 +445,14 @@ def thin_widths(code: str) -> list[float]:
     def learn() -> LawFit:
         full, *predictions = out_of_sample(published)
         full.version, full.data_hash, full.code_hash = version, ph, code
-        full.thin["widths"] = learn_thin_widths(pd.concat(predictions, ignore_index=True))
+        full.thin["widths"], full.thin["widen_per_log"] = learn_interval_terms(pd.concat(predictions,
+                                                                                         ignore_index=True))
         return full
 
     fit = law.cached_or_fit(f"{version}.json", ph, code, False, learn)
-    if not fit.thin.get("widths"):  # a file of this code written without them: learn them now
+    if not fit.thin.get("widths") or "widen_per_log" not in fit.thin:  # a file of this code written without them
         fit = law.cached_or_fit(f"{version}.json", ph, code, True, learn)
-    return [float(w) for w in fit.thin["widths"]]
+    return [float(w) for w in fit.thin["widths"]], {k: float(v) for k, v in fit.thin["widen_per_log"].items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -476,7 +479,8 @@ def oos_frame(rows: pd.DataFrame, fit: LawFit, label: str = "") -> pd.DataFrame:
     out["error"] = out["predicted_top1"] - out["top1"]
     out["covered"] = (out["top1"] >= out["low"]) & (out["top1"] <= out["high"])
     out["z"] = fit.quantile
-    out["widen"] = 1.0 + law.WIDEN_PER_LOG * (pred["samples_excess"] + pred["other_excess"])
+    out["excess"] = pred["samples_excess"] + pred["other_excess"]
+    out["excess_size"] = law.size_excess(fit.ranges, rows)
     out["thin_level"] = pred["thin_level"]
     lo, hi = fit.ranges["n_params"]
     n = rows["n_params"].to_numpy(float)
@@ -487,11 +491,13 @@ def oos_frame(rows: pd.DataFrame, fit: LawFit, label: str = "") -> pd.DataFrame:
     return out
 
 
-def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The fit of every row, and ``oos_frame`` predictions of refits without: each row (leave-one-out), each model
     size and each dataset (leave-one-group-out; ``left_out``, ``kind``, ``group`` columns), each model size x dataset
-    cell (where the size has runs elsewhere and the dataset other runs) and each cell of several runs thinned to its
-    middle run by top-1. Refits start from the full fit's parameters (seconds each, not minutes)."""
+    cell (where the size has runs elsewhere and the dataset other runs), each cell of several runs thinned to its
+    middle run by top-1, and the model-size range cut at each inner size (``size_truncations``: the smaller sizes
+    predicted from the larger ones and back, the extrapolations ``learn_range_widening`` learns from). Refits start
+    from the full fit's parameters (seconds each, not minutes)."""
     rows = data.rows
     full = fit_accuracy(data)
     start = full.params
@@ -534,24 +540,48 @@ def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd
             f = fit_accuracy(_subset(data, ~thinned, ~cell_drops), start=start, max_nfev=600)
             cells.append(oos_frame(rows[thinned], f, f"cell thinned to one run: {size} on {ds}"))
 
+    # the size range cut between two sizes, each side predicted from the other: extrapolations of one to two log
+    # units beyond the sizes fitted (the two outermost cuts are the size groups above)
+    truncs = []
+    by_params = rows.groupby(sizes)["n_params"].min().sort_values()
+    order = list(by_params.index)
+    for k in range(2, len(order) - 1):
+        small = sizes.isin(order[:k]).to_numpy()
+        small_drops = drop_sizes.isin(order[:k]).to_numpy()
+        for label, out_rows, out_drops in ((f"sizes {'/'.join(order[:k])} from larger", small, small_drops),
+                                           (f"sizes {'/'.join(order[k:])} from smaller", ~small, ~small_drops)):
+            if out_rows.all():
+                continue
+            f = fit_accuracy(_subset(data, ~out_rows, ~out_drops), start=start, max_nfev=600)
+            truncs.append(oos_frame(rows[out_rows], f, f"size range cut: {label}"))
+
     def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames) if frames else pd.DataFrame()
 
-    return full, cat(loo), cat(groups), cat(cells)
+    return full, cat(loo), cat(groups), cat(cells), cat(truncs)
 
 
-def _need(df: pd.DataFrame) -> np.ndarray:
+MIN_WIDEN_EXCESS = 0.1  # log units: closer to the range, an error says nothing about the growth per log unit
+
+
+def _widen(df: pd.DataFrame, widen: dict[str, float]) -> np.ndarray:
+    size = df["excess_size"].to_numpy(float)
+    return law.widening(widen, size, df["excess"].to_numpy(float) - size)
+
+
+def _need(df: pd.DataFrame, widen: dict[str, float]) -> np.ndarray:
     """Per prediction: the extra standard deviation its error needs beyond its in-sample interval (points)."""
-    scaled = df["error"].abs().to_numpy(float) / (df["z"].to_numpy(float) * df["widen"].to_numpy(float))
+    scaled = df["error"].abs().to_numpy(float) / (df["z"].to_numpy(float) * _widen(df, widen))
     return np.sqrt(np.maximum(scaled**2 - df["sd"].to_numpy(float) ** 2, 0.0))
 
 
-def learn_thin_widths(predictions: pd.DataFrame) -> list[float]:
+def learn_thin_widths(predictions: pd.DataFrame, widen: dict[str, float] | None = None) -> list[float]:
     """Thin-data width per ``THIN_LEVELS`` from out-of-sample predictions (``oos_frame`` rows with ``learn``): the
     ``THIN_QUANTILE`` quantile of what each error needs beyond its in-sample interval, ``sqrt(max(0, (|error| /
     (z widen))^2 - sd^2))``, non-decreasing with thinness (a level without predictions takes the thicker one's)."""
+    widen = widen or dict.fromkeys(law.WIDEN_AXES, law.WIDEN_PER_LOG)
     df = predictions[predictions["learn"]]
-    need, level = _need(df), df["thin_level"].to_numpy(int)
+    need, level = _need(df, widen), df["thin_level"].to_numpy(int)
     widths, last = [], 0.0
     for k in range(len(THIN_LEVELS)):
         if (level == k).any():
@@ -560,10 +590,54 @@ def learn_thin_widths(predictions: pd.DataFrame) -> list[float]:
     return widths
 
 
-def with_thin_widths(df: pd.DataFrame, widths: list[float]) -> pd.DataFrame:
-    """``oos_frame`` predictions with the thin-data widths in their intervals: low, high and covered."""
+def learn_range_widening(predictions: pd.DataFrame, widths: list[float]) -> dict[str, float]:
+    """The interval's growth per log unit outside the refit's range, per ``planner.law.WIDEN_AXES``, from the
+    out-of-sample predictions at least ``MIN_WIDEN_EXCESS`` outside it: the model size from those outside the size
+    range (a size left out, the size range cut), the other axes from those outside only them (samples, tokens, text
+    beyond the refit's). What a prediction needs is ``max(0, |error| / (z sqrt(sd^2 + w_level^2)) - 1 - widening of
+    the other group) / excess``; the other axes take its ``THIN_QUANTILE`` quantile, the size axis the largest such
+    quantile of any one backtest (0 without such predictions)."""
+    w = np.asarray(widths, dtype=float)[predictions["thin_level"].to_numpy(int)]
+    inner = predictions["z"].to_numpy(float) * np.sqrt(predictions["sd"].to_numpy(float) ** 2 + w**2)
+    ratio = predictions["error"].abs().to_numpy(float) / inner - 1.0
+    size = predictions["excess_size"].to_numpy(float)
+    other = predictions["excess"].to_numpy(float) - size
+    out = {}
+    pure_other = (other >= MIN_WIDEN_EXCESS) & (size < MIN_WIDEN_EXCESS)
+    out["other"] = float(np.quantile(np.maximum(ratio[pure_other], 0.0) / other[pure_other], THIN_QUANTILE)) \
+        if pure_other.any() else 0.0
+    # the size axis: every backtest that extrapolates in size (a size left out, each side of the size range cut)
+    # must cover its share on its own, so the widening is the largest of their quantiles; pooled, the many cheap
+    # extrapolations that the parameters' own uncertainty already covers would hide the one that it does not
+    sized = size >= MIN_WIDEN_EXCESS
+    src = predictions["source"].to_numpy()
+    need = np.maximum(ratio - out["other"] * other, 0.0) / np.maximum(size, MIN_WIDEN_EXCESS)
+    out["model size"] = max((float(np.quantile(need[sized & (src == s)], THIN_QUANTILE))
+                             for s in set(src[sized])), default=0.0)
+    return out
+
+
+def learn_interval_terms(predictions: pd.DataFrame, rounds: int = 8) -> tuple[list[float], dict[str, float]]:
+    """The thin-data widths and the range widening, learned together from out-of-sample predictions: each depends
+    on the other (an extrapolated error is shared between them), so alternate from the widening's starting value
+    (``planner.law.WIDEN_PER_LOG``) until neither moves."""
+    widen = dict.fromkeys(law.WIDEN_AXES, law.WIDEN_PER_LOG)
+    widths = learn_thin_widths(predictions, widen)
+    for _ in range(rounds):
+        new = learn_range_widening(predictions, widths)
+        widths = learn_thin_widths(predictions, new)
+        done = all(abs(new[k] - widen[k]) < 1e-4 for k in widen)
+        widen = new
+        if done:
+            break
+    return widths, widen
+
+
+def with_thin_widths(df: pd.DataFrame, widths: list[float], widen: dict[str, float]) -> pd.DataFrame:
+    """``oos_frame`` predictions with the thin-data widths and the range widening in their intervals: low, high and
+    covered."""
     w = np.asarray(widths, dtype=float)[df["thin_level"].to_numpy(int)]
-    half = df["z"] * df["widen"] * np.sqrt(df["sd"] ** 2 + w**2)
+    half = df["z"] * _widen(df, widen) * np.sqrt(df["sd"] ** 2 + w**2)
     df = df.copy()
     df["low"] = np.clip(df["predicted_top1"] - half, 0.0, 100.0)
     df["high"] = np.clip(df["predicted_top1"] + half, 0.0, 100.0)

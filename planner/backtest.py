@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from planner.accuracy import THIN_LEVELS, FitData, fitting_data, learn_thin_widths, out_of_sample, with_thin_widths
-from planner.law import LawFit
+from planner.accuracy import (MIN_WIDEN_EXCESS, THIN_LEVELS, FitData, fitting_data, learn_interval_terms,
+                              out_of_sample, with_thin_widths)
+from planner.law import WIDEN_AXES, WIDEN_PER_LOG, LawFit
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Backtest:
     cell_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # cells left out / thinned to one run
     widths: list[float] = field(default_factory=list)  # learned thin-data widths, one per THIN_LEVELS
     full: LawFit | None = None  # the fit of every row (no widths attached)
+    widen_per_log: dict[str, float] = field(default_factory=dict)  # learned range widening per axis group
+    trunc_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the size range cut, each side from the other
 
     def to_dict(self, worst: int = 10) -> dict[str, Any]:
         cols = ["key", "family", "model", "dataset", "schedule", "top1", "predicted_top1", "low", "high", "error",
@@ -71,24 +74,29 @@ def run_backtest(data: FitData | None = None, schedules: pd.Series | None = None
 
         data = fitting_data(include_runs=False)
         schedules = load_results(include_runs=False)["schedule"]
-    full, loo, group_rows, cell_rows = out_of_sample(data)
+    full, loo, group_rows, cell_rows, trunc_rows = out_of_sample(data)
     loo["schedule"] = schedules.to_numpy() if schedules is not None else ""
-    every = pd.concat([loo, group_rows, cell_rows], ignore_index=True)
-    widths = learn_thin_widths(every)
+    every = pd.concat([loo, group_rows, cell_rows, trunc_rows], ignore_index=True)
+    widths, widen = learn_interval_terms(every)
 
     def widened(df: pd.DataFrame) -> pd.DataFrame:
         if len(df) == 0:
             return df
-        out = with_thin_widths(df, widths)
-        out["covered_without_thin"] = df["covered"].to_numpy()
+        out = with_thin_widths(df, widths, widen)
+        # before issue 19: no thin-data term, the range widening at its old constant
+        out["covered_without_thin"] = with_thin_widths(df, [0.0] * len(widths), dict.fromkeys(WIDEN_AXES, WIDEN_PER_LOG))["covered"].to_numpy()
         out["covered_cross"] = out["covered"]
         return out
 
-    loo, group_rows, cell_rows = widened(loo), widened(group_rows), widened(cell_rows)
+    loo, group_rows, cell_rows, trunc_rows = widened(loo), widened(group_rows), widened(cell_rows), widened(trunc_rows)
+    cross_terms = {}
     for label in sorted(set(group_rows["left_out"])) if len(group_rows) else ():
         mine = (group_rows["left_out"] == label).to_numpy()
-        w = learn_thin_widths(every[every["source"] != label])
-        group_rows.loc[mine, "covered_cross"] = with_thin_widths(group_rows[mine], w)["covered"].to_numpy()
+        # learned without any prediction of the group's runs (its leave-one-out, cells and range cuts too)
+        keys = set(group_rows.loc[mine, "key"])
+        w, wd = learn_interval_terms(every[~every["key"].isin(keys)])
+        cross_terms[label] = {"widths": w, "widen_per_log": wd}
+        group_rows.loc[mine, "covered_cross"] = with_thin_widths(group_rows[mine], w, wd)["covered"].to_numpy()
 
     groups = pd.DataFrame([{"kind": fr["kind"].iloc[0], "group": fr["group"].iloc[0], **_stats(fr)}
                            for _, fr in group_rows.groupby("left_out", sort=False)]) if len(group_rows) else \
@@ -100,11 +108,15 @@ def run_backtest(data: FitData | None = None, schedules: pd.Series | None = None
         "loo_by_family": {fam: _stats(loo[loo["family"] == fam]) for fam in sorted(set(loo["family"]))},
         "group_out_all": _stats(group_rows) if len(group_rows) else {"n": 0},
         "thin_widths": dict(zip(THIN_LEVELS, widths)),
+        "widen_per_log": widen,
+        "widen_learned_from": int((every["excess"] >= MIN_WIDEN_EXCESS).sum()),
+        "cross_terms": cross_terms,
         "thin_learned_from": {lv: int((learned["thin_level"] == k).sum()) for k, lv in enumerate(THIN_LEVELS)},
         "cells": _stats(cell_rows) if len(cell_rows) else {"n": 0},
+        "size_cuts": {src: _stats(fr) for src, fr in trunc_rows.groupby("source")} if len(trunc_rows) else {},
     }
     return Backtest(loo=loo, groups=groups, group_rows=group_rows, summary=summary, cell_rows=cell_rows,
-                    widths=widths, full=full)
+                    widths=widths, full=full, widen_per_log=widen, trunc_rows=trunc_rows)
 
 
 def plot_backtest(bt: Backtest, path: str) -> str:

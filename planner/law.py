@@ -27,7 +27,7 @@ Each configuration keeps its own estimator, deliberately (the data differ): the 
 least squares with the Figure-2 drop rows, a local study a MAP fit with priors and a binomial noise floor. Both
 build on ``ParamVector`` (bounded parameter vector, priors, at-bound report) and ``covariance`` here.
 
-Interval: ``quantile x sqrt(noise^2 + g^T C g + dataset term + study term) x (1 + WIDEN_PER_LOG x range excess)``,
+Interval: ``quantile x sqrt(noise^2 + g^T C g + dataset term + study term) x (1 + widen x range excess)``,
 g the prediction's gradient in the free parameters (forward differences), C their covariance; the noise is the fit's
 residual scale, at least the evaluation split's binomial noise when the fit knows the split's size; the dataset term
 is the multipliers' spread for a dataset without results; the study term is a variance per row that a study adds for
@@ -58,7 +58,10 @@ from planner.recipe import FULL_TEXT_LEN
 
 TEXT_REF = float(FULL_TEXT_LEN)  # text loses nothing at CLIPA's full caption length or more
 Z80 = 1.2815515655446004  # two-sided 80%: the 10% and 90% quantiles of a normal
-WIDEN_PER_LOG = 0.5  # interval growth per natural-log unit outside the data's range
+# interval growth per natural-log unit outside the data's range, where a fit has learned none of its own: the ImageNet
+# study learns it from its backtest (``planner.accuracy.learn_range_widening``, in ``LawFit.thin``); a local study's
+# pilot has too few runs to learn it and keeps this value
+WIDEN_PER_LOG = 0.5
 
 
 class Param(NamedTuple):
@@ -399,6 +402,27 @@ def dataset_logm(fit: LawFit, datasets: np.ndarray, is_named: Callable[[str], bo
     return vals[inv], has[inv]
 
 
+WIDEN_AXES = ("model size", "other")  # the range widening is learned per axis group: size, and everything else
+
+
+def widen_per_log(fit: LawFit) -> dict[str, float]:
+    """The fit's interval growth per log unit outside its data's range, for the model-size axis and the others
+    together: learned (the ImageNet study) or the default."""
+    learned = fit.thin.get("widen_per_log") or {}
+    return {k: float(learned.get(k, WIDEN_PER_LOG)) for k in WIDEN_AXES}
+
+
+def size_excess(ranges: dict[str, list], f: pd.DataFrame) -> np.ndarray:
+    """Natural-log distance of each row's model size outside the data's size range (part of ``range_excess``'s
+    other axes)."""
+    return _outside(f["n_params"].to_numpy(float), *ranges["n_params"], "both")
+
+
+def widening(widen: dict[str, float], size: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The interval's factor for rows ``size`` log units outside the size range and ``other`` outside the rest."""
+    return 1.0 + widen["model size"] * np.asarray(size, dtype=float) + widen["other"] * np.asarray(other, dtype=float)
+
+
 def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
             is_named: Callable[[str], bool] = lambda d: True, extra_var: np.ndarray | None = None) -> pd.DataFrame:
     """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, how
@@ -427,7 +451,8 @@ def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
     samples_excess, other_excess = range_excess(fit.ranges, features)
     excess = samples_excess + other_excess
     total = var if extra_var is None else var + np.asarray(extra_var, dtype=float)
-    half = fit.quantile * np.sqrt(total) * (1.0 + WIDEN_PER_LOG * excess)
+    size = size_excess(fit.ranges, features)
+    half = fit.quantile * np.sqrt(total) * widening(widen_per_log(fit), size, excess - size)
     return pd.DataFrame({"predicted_top1": mean, "low": np.clip(mean - half, 0.0, 100.0),
                          "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": (excess > 1e-9) | ~known,
                          "samples_excess": samples_excess, "other_excess": other_excess, "sd": np.sqrt(var)},

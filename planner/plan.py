@@ -90,6 +90,27 @@ def _candidate_dict(row, space: SearchSpace, dataset: str) -> dict[str, Any]:
     }
 
 
+BEYOND_GAIN = 0.5  # points: a candidate beyond the study predicted at least this much better is worth saying
+
+
+def _beyond_the_study(outside: pd.DataFrame, chosen_row: Any, key: str, space: Any) -> list[str]:
+    """A note for a local plan that leaves budget on the table because its study cannot vouch for the better
+    candidates: the best one beyond the study's range within the budget, what its fit predicts for it and why that
+    is a guess; empty when nothing beyond the range is predicted ``BEYOND_GAIN`` points better."""
+    if outside.empty:
+        return []
+    best = outside.loc[outside[key].idxmax()]
+    gain = float(best[key]) - float(getattr(chosen_row, key))
+    if gain < BEYOND_GAIN:
+        return []
+    why = ("outside the study's runs in model size, image tokens or text length" if best["other_excess"] > 1e-9 else
+           f"more than {LOCAL_SAMPLES_REACH:g}x the samples of the study's largest run")
+    sched = format_schedule(candidate_stages(best, space), best["model"])
+    return [f"beyond the study: {best['model']} '{sched}' (${best['cost_usd']:.3g}) is predicted "
+            f"{gain:.1f} points higher, but it is {why}, where the fit extrapolates; a run there (a smaller budget "
+            "of it, or a pilot with that model) measures it before the budget is spent on it"]
+
+
 def make_plan(
     budget_usd: float,
     predictor: Predictor,
@@ -180,8 +201,9 @@ def make_plan(
         ranked = ranked.join(pred[["samples_excess", "other_excess"]])
         trusted |= (ranked["other_excess"] <= 1e-9) & (ranked["samples_excess"] <= np.log(LOCAL_SAMPLES_REACH))
     in_range_first = is_local(dataset) and bool(trusted.any())
+    beyond = ranked[~trusted]
     if in_range_first:
-        ranked = pd.concat([ranked[trusted], ranked[~trusted]])
+        ranked = pd.concat([ranked[trusted], beyond])
     chosen_row = next(ranked.itertuples())
     chosen = _candidate_dict(chosen_row, space, dataset)
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
@@ -218,6 +240,8 @@ def make_plan(
         request["deadline_hours"] = deadline_hours
     request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
                       "largest run) ranked first"] if in_range_first else [])
+    if in_range_first:
+        request_notes += _beyond_the_study(beyond, chosen_row, key, space)
     request_notes += [measured] if measured else []
     if profile is None and is_local(dataset) and hw.kind == "cpu":
         request_notes.append("no --data: the CPU space assumes 64 px images (the generated set's); give --data DIR "

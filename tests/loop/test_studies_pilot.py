@@ -213,3 +213,27 @@ def test_overhead_reprices_candidates_and_lr_policy():
     o = apply_overhead(c, space, Overhead(1.0, 1e-3, 2.0), 0.067)
     assert (o["cost_usd"] > c["cost_usd"]).all() and max(space.pretrain_res[8]) == 32
     assert space.lr_base[0] > 1e-4  # not CLIPA's web-scale 8e-6
+
+
+def test_a_local_plan_names_the_better_candidate_beyond_its_study(tmp_path):
+    # a study of mu/8 alone: larger towers are outside its range, ranked after; when its fit predicts one of them a
+    # point higher within the budget, the plan says which, by how much and why it did not take it
+    import numpy as np
+    import pandas as pd
+
+    from planner.plan import make_plan
+
+    def predictor(f):
+        big = (f["model"] != "mu/8").to_numpy()
+        mean = np.where(big, 20.0, 12.0) + 1e-9 * f["total_samples"].to_numpy(float)
+        return pd.DataFrame({"predicted_top1": mean, "low": mean - 2, "high": mean + 2, "extrapolated": big,
+                             "samples_excess": 0.0, "other_excess": np.where(big, 2.0, 0.0)}, index=f.index)
+
+    body = make_plan(0.05, predictor, "test", "cpu-2core", None, "local:synth", out=tmp_path / "p").body
+    assert body["chosen"]["model"] == "mu/8"
+    beyond = [n for n in body["notes"] if n.startswith("beyond the study:")]
+    assert len(beyond) == 1 and "predicted 8.0 points higher" in beyond[0] and "model size" in beyond[0]
+    # nothing worth saying when the study's own candidates are as good
+    flat = make_plan(0.05, lambda f: predictor(f).assign(predicted_top1=12.0, low=10.0, high=14.0), "test",
+                     "cpu-2core", None, "local:synth", out=tmp_path / "q").body
+    assert not [n for n in flat["notes"] if n.startswith("beyond the study:")]

@@ -266,8 +266,9 @@ def test_runs_on_a_local_dataset_stay_out_of_the_imagenet_fit(isolated_home, pub
     # same. Its parameters are not compared: ``load_or_fit`` may load the fit shipped in results/fits/ (made on
     # another machine), and a weakly determined parameter (ln_ci) moves by ~1e-5 under another BLAS/scipy release.
     assert fit.data_hash == fitting_data(include_runs=False).hash()
-    # the thin-data widths come with load_or_fit (learned by the backtest), not with a bare fit
-    published_fit = replace(published_fit, thin={**published_fit.thin, "widths": fit.thin["widths"]})
+    # the thin-data widths and the range widening come with load_or_fit (learned by the backtest), not with a bare fit
+    published_fit = replace(published_fit, thin={**published_fit.thin, "widths": fit.thin["widths"],
+                                                 "widen_per_log": fit.thin["widen_per_log"]})
     for model, schedule in (("B/16", "2B@112/16 + 128M@224/32"), ("L/14", "12.8B@84/8 + 512M@224/32~0.3"),
                             ("H/14", "5B@70/8")):
         ours, ref = (predict_stages(f, model, "datacomp-1b", parse_schedule(schedule, model)) for f in (fit, published_fit))

@@ -101,7 +101,8 @@ def test_thin_data_widths_are_the_backtests(bt, monkeypatch):
     shipped = load_or_fit(include_runs=False)
     assert bt.widths == sorted(bt.widths) and bt.widths[3] > bt.widths[0] and bt.widths[2] > bt.widths[0]
     assert bt.widths == pytest.approx(shipped.thin["widths"], abs=0.1)
-    here = replace(shipped, thin={**shipped.thin, "widths": bt.widths})
+    assert bt.widen_per_log == pytest.approx(shipped.thin["widen_per_log"], rel=0.15, abs=0.05)
+    here = replace(shipped, thin={**shipped.thin, "widths": bt.widths, "widen_per_log": bt.widen_per_log})
     for model, dataset, schedule in (("g/14", "datacomp-1b", H14), ("H/14", "datacomp-1b", H14),
                                      ("L/14", "datacomp-1b", H14), ("B/16", "laion-400m", "2B@112/16 + 128M@224/32")):
         a, b = (predict_stages(f, model, dataset, parse_schedule(schedule, model)) for f in (shipped, here))
@@ -118,3 +119,16 @@ def test_thin_data_raises_group_out_coverage_without_spoiling_leave_one_out(bt):
     # H left out: interpolated between L and bigG, no range flag; its interval used to miss almost every row
     h = bt.groups.set_index("group").loc["H"]
     assert h["coverage80_without_thin"] < 0.2 and h["coverage80"] >= 0.7
+
+
+def test_the_range_widening_is_learned_from_the_size_extrapolations(bt):
+    # B left out is predicted from L and larger (errors of ~14 points): at the old constant widening (0.5 per log
+    # unit) its intervals missed half its runs; the size widening learned from the size extrapolations covers it
+    from planner.law import WIDEN_PER_LOG
+
+    b = bt.groups.set_index("group").loc["B"]
+    assert b["coverage80_without_thin"] < 0.6 and b["coverage80"] >= 0.7
+    assert bt.widen_per_log["model size"] > WIDEN_PER_LOG
+    # learned from the size range cut too: each side predicted from the other
+    assert {"size range cut: sizes B/L from larger", "size range cut: sizes H/bigG from smaller"} <= set(
+        bt.summary["size_cuts"])

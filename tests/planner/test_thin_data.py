@@ -101,3 +101,25 @@ def test_p10_objective_picks_the_highest_low_end(fit, tmp_path):
     mean = make_plan(10000.0, lambda f: predict_frame(fit, f), fit.version, out=tmp_path / "mean").body
     assert mean["chosen"]["predicted_top1"] >= body["chosen"]["predicted_top1"]
     assert mean["chosen"]["interval"][0] <= body["chosen"]["interval"][0]
+
+
+def test_range_widening_takes_the_worst_size_backtest_and_the_pooled_others():
+    import numpy as np
+    import pandas as pd
+
+    from planner.accuracy import learn_interval_terms, learn_range_widening
+
+    def preds(source, n, error, size, other, level=3):
+        return pd.DataFrame({"source": source, "error": error, "z": 1.0, "sd": 1.0, "excess_size": size,
+                             "excess": size + other, "thin_level": level, "learn": False}, index=range(n))
+
+    # a size left out whose errors need 1 + 3 x 1.0 times its inner interval; a size cut that needs nothing; the
+    # other axes: errors twice their interval at 2 log units out (0.5 per log unit)
+    df = pd.concat([preds("size: B", 10, 4.0, 1.0, 0.0), preds("cut", 40, 0.5, 1.0, 0.0),
+                    preds("samples", 10, 2.0, 0.0, 2.0)], ignore_index=True)
+    w = learn_range_widening(df, [0.0] * 4)
+    assert w["model size"] == np.float64(3.0) and w["other"] == 0.5  # pooled, the 40 easy ones would hide B
+    # a prediction close to the range says nothing about the growth per log unit
+    assert learn_range_widening(preds("near", 5, 9.0, 0.05, 0.05), [0.0] * 4) == {"other": 0.0, "model size": 0.0}
+    widths, widen = learn_interval_terms(df)
+    assert widths == [0.0] * 4 and widen == w  # no prediction to learn widths from: the widening alone
