@@ -103,7 +103,8 @@ def _beyond_the_study(outside: pd.DataFrame, chosen_row: Any, key: str, space: A
     gain = float(best[key]) - float(getattr(chosen_row, key))
     if gain < BEYOND_GAIN:
         return []
-    why = ("outside the study's runs in model size, image tokens or text length" if best["other_excess"] > 1e-9 else
+    why = ("outside the study's runs on more than samples (model size, image tokens, text or fine-tune length)"
+           if best["other_excess"] > 1e-9 else
            f"more than {LOCAL_SAMPLES_REACH:g}x the samples of the study's largest run")
     sched = format_schedule(candidate_stages(best, space), best["model"])
     return [f"beyond the study: {best['model']} '{sched}' (${best['cost_usd']:.3g}) is predicted "

@@ -232,7 +232,7 @@ def test_a_local_plan_names_the_better_candidate_beyond_its_study(tmp_path):
     body = make_plan(0.05, predictor, "test", "cpu-2core", None, "local:synth", out=tmp_path / "p").body
     assert body["chosen"]["model"] == "mu/8"
     beyond = [n for n in body["notes"] if n.startswith("beyond the study:")]
-    assert len(beyond) == 1 and "predicted 8.0 points higher" in beyond[0] and "model size" in beyond[0]
+    assert len(beyond) == 1 and "predicted 8.0 points higher" in beyond[0] and "model size" in beyond[0] and "more than samples" in beyond[0]
     # nothing worth saying when the study's own candidates are as good
     flat = make_plan(0.05, lambda f: predictor(f).assign(predicted_top1=12.0, low=10.0, high=14.0), "test",
                      "cpu-2core", None, "local:synth", out=tmp_path / "q").body
