@@ -183,9 +183,9 @@ def main() -> None:
         recorded = {f.stem for f in (home / "results" / "runs").glob("*.json")}
         r = clipa(["run", str(out), "--run-dir", str(work / "runs"), "--no-progress"], env, log)["results"][0]
         body = json.loads((out / "plan.json").read_text())
-        pred = r["prediction"]
+        # the plan's own prediction (a reused run's record holds the prediction of the plan that first ran it)
         plans.append({"multiple": mult, "budget": budget, "model": c["model"], "schedule": c["schedule"],
-                      "predicted": pred["predicted_top1"], "low": pred["low"], "high": pred["high"],
+                      "predicted": c["predicted_top1"], "low": c["interval"][0], "high": c["interval"][1],
                       "actual": r["top1"], "spend_share": c["cost_usd"] / budget,
                       "measured_share": r["cost_usd"] / budget, "gain": spend_gain(body),
                       "repeat": r["run_id"] in recorded})

@@ -90,6 +90,40 @@ def _candidate_dict(row, space: SearchSpace, dataset: str) -> dict[str, Any]:
     }
 
 
+def _executed_recipes(dataset: str) -> dict[tuple[str, str], tuple[str, float]]:
+    """Recipes already run on ``dataset`` (``results/runs``): (model, schedule) -> (run key, measured top-1)."""
+    from planner.results import load_runs
+
+    runs = load_runs(report=False)
+    runs = runs[runs["dataset"] == dataset]
+    return {(r.model, r.schedule): (str(r.key), float(r.top1)) for r in runs.itertuples()}
+
+
+def _new_recipes_first(ranked: pd.DataFrame, space: Any, dataset: str) -> tuple[pd.DataFrame, list[str]]:
+    """``ranked`` with the leading candidates that were already run on this dataset moved behind the first one that
+    was not, and a note per recipe moved: running a recipe again (same spec, same seed) repeats a measurement the
+    fit already has, for its full price."""
+    executed = _executed_recipes(dataset)
+    if not executed:
+        return ranked, []
+    moved, notes = [], []
+    for pos, row in enumerate(ranked.itertuples()):
+        done = executed.get((row.model, format_schedule(candidate_stages(row, space), row.model)))
+        if done is None:
+            break
+        moved.append(pos)
+        notes.append(f"already run: {row.model} '{format_schedule(candidate_stages(row, space), row.model)}' "
+                     f"(top-1 {done[1]:.2f}% measured, {done[0]}): ranked after the recipes not yet run (running "
+                     "it again repeats that measurement at full price)")
+    else:  # every candidate was run: keep the order
+        return ranked, []
+    if not moved:
+        return ranked, []
+    keep = np.ones(len(ranked), dtype=bool)
+    keep[moved] = False
+    return pd.concat([ranked[keep], ranked.iloc[moved]]), notes
+
+
 BEYOND_GAIN = 0.5  # points: a candidate beyond the study predicted at least this much better is worth saying
 
 
@@ -205,6 +239,7 @@ def make_plan(
     beyond = ranked[~trusted]
     if in_range_first:
         ranked = pd.concat([ranked[trusted], beyond])
+    ranked, repeat_notes = _new_recipes_first(ranked, space, dataset)
     chosen_row = next(ranked.itertuples())
     chosen = _candidate_dict(chosen_row, space, dataset)
     runners = [_candidate_dict(r, space, dataset) for r in ranked.iloc[1 : max(top, 1)].itertuples()]
@@ -243,6 +278,7 @@ def make_plan(
                       "largest run) ranked first"] if in_range_first else [])
     if in_range_first:
         request_notes += _beyond_the_study(beyond, chosen_row, key, space)
+    request_notes += repeat_notes
     request_notes += [measured] if measured else []
     if profile is None and is_local(dataset) and hw.kind == "cpu":
         request_notes.append("no --data: the CPU space assumes 64 px images (the generated set's); give --data DIR "

@@ -237,3 +237,31 @@ def test_a_local_plan_names_the_better_candidate_beyond_its_study(tmp_path):
     flat = make_plan(0.05, lambda f: predictor(f).assign(predicted_top1=12.0, low=10.0, high=14.0), "test",
                      "cpu-2core", None, "local:synth", out=tmp_path / "q").body
     assert not [n for n in flat["notes"] if n.startswith("beyond the study:")]
+
+
+def test_a_plan_does_not_pay_to_repeat_a_recipe_already_run(isolated_home, tmp_path):
+    # the same recipe on the same data and seed measures the same thing again: a plan whose best candidate was
+    # already run takes the best one not yet run, and says which was skipped and what it measured
+    import numpy as np
+    import pandas as pd
+
+    from planner.plan import make_plan
+
+    def predictor(f):
+        mean = 10.0 + np.log(f["total_samples"].to_numpy(float))
+        return pd.DataFrame({"predicted_top1": mean, "low": mean - 2, "high": mean + 2, "extrapolated": False,
+                             "samples_excess": 0.0, "other_excess": 0.0}, index=f.index)
+
+    first = make_plan(0.01, predictor, "test", "cpu-2core", None, "local:synth", out=tmp_path / "a").body["chosen"]
+    runs = isolated_home / "results" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "r1.json").write_text(json.dumps({"source": "run", "model": first["model"], "dataset": "local:synth",
+                                              "schedule": first["schedule"], "top1": 14.5}))
+    body = make_plan(0.01, predictor, "test", "cpu-2core", None, "local:synth", out=tmp_path / "b").body
+    assert (body["chosen"]["model"], body["chosen"]["schedule"]) != (first["model"], first["schedule"])
+    assert body["chosen"]["predicted_top1"] <= first["predicted_top1"]
+    note, = [n for n in body["notes"] if n.startswith("already run:")]
+    assert first["schedule"] in note and "14.50%" in note
+    # another dataset's run is not a repeat
+    other = make_plan(0.01, predictor, "test", "cpu-2core", None, "local:other", out=tmp_path / "c").body
+    assert other["chosen"]["schedule"] == first["schedule"]
