@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--pilot-budget", type=float, default=0.0112)
     ap.add_argument("--multiples", default="1,3,3,10", help="each plan's budget as a multiple of the pilot's cost")
     ap.add_argument("--samples", type=int, default=60_000, help="generated training samples")
+    ap.add_argument("--seed", type=int, default=0, help="the generated data's seed")
     ap.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "closed_loop.md")
     ap.add_argument("--render-only", action="store_true", help="rewrite the doc from WORK/closed_loop.json")
     ap.add_argument("--note", default="", help="a paragraph for the report (e.g. what the code was when it ran)")
@@ -158,7 +159,7 @@ def main() -> None:
     data = work / "data"
     if not (data / "dataset.json").exists():
         clipa(["data", "synth", "--out", str(data), "--samples", str(a.samples), "--resolution", "32",
-               "--eval-samples", "4000"], env, log)
+               "--eval-samples", "4000", "--seed", str(a.seed), "--workers", "2"], env, log)
     common = ["--dataset", "local:synth", "--data", str(data), "--hardware", "cpu-2core"]
     t0 = time.perf_counter()
     p = clipa(["pilot", "--budget", f"{a.pilot_budget}", *common, "--out", str(work / "pilot"),

@@ -29,6 +29,11 @@ def test_figures_from_executed_plans():
     # the last plan spends 40% although its own fit says more spend buys 1.5 points
     assert not s["spend_ok"]
     assert report.summarise(plans[:3])["spend_ok"]
+    # a plan whose recipe had already run (clipa run reused its record) is in-sample: left out, and counted
+    repeat = dict(_plan(15.0, 14.0, 16.0, 15.0, 0.1, 2.0, 10), repeat=True)
+    s2 = report.summarise(plans[:3] + [repeat])
+    assert s2["n"] == 3 and s2["repeats"] == 1 and s2["spend_ok"]
+    assert s2["mae"] == pytest.approx(2.0)
 
 
 def test_spend_gain_reads_the_plans_frontier_within_budget():
