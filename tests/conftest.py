@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and a
+# child process keeps an ignored signal across exec: the Ctrl-C tests' launchers would then never see their SIGINT
+# (three failed that way in a backgrounded rehearsal). A Python handler here is reset to the default in children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
