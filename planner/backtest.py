@@ -84,11 +84,12 @@ def run_backtest(data: FitData | None = None, schedules: pd.Series | None = None
             return df
         out = with_thin_widths(df, widths, widen)
         # before issue 19: no thin-data term, the range widening at its old constant
-        out["covered_without_thin"] = with_thin_widths(df, [0.0] * len(widths), dict.fromkeys(WIDEN_AXES, WIDEN_PER_LOG))["covered"].to_numpy()
+        before = with_thin_widths(df, [0.0] * len(widths), dict.fromkeys(WIDEN_AXES, WIDEN_PER_LOG))
+        out["covered_without_thin"] = before["covered"].to_numpy()
         out["covered_cross"] = out["covered"]
         return out
 
-    loo, group_rows, cell_rows, trunc_rows = widened(loo), widened(group_rows), widened(cell_rows), widened(trunc_rows)
+    loo, group_rows, cell_rows, trunc_rows = (widened(df) for df in (loo, group_rows, cell_rows, trunc_rows))
     cross_terms = {}
     for label in sorted(set(group_rows["left_out"])) if len(group_rows) else ():
         mine = (group_rows["left_out"] == label).to_numpy()

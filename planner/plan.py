@@ -99,23 +99,21 @@ def _executed_recipes(dataset: str) -> dict[tuple[str, str], tuple[str, float]]:
     return {(r.model, r.schedule): (str(r.key), float(r.top1)) for r in runs.itertuples()}
 
 
-def _new_recipes_first(ranked: pd.DataFrame, space: Any, dataset: str) -> tuple[pd.DataFrame, list[str]]:
+def _new_recipes_first(ranked: pd.DataFrame, space: SearchSpace, dataset: str) -> tuple[pd.DataFrame, list[str]]:
     """``ranked`` with the leading candidates that were already run on this dataset moved behind the first one that
     was not, and a note per recipe moved: running a recipe again (same spec, same seed) repeats a measurement the
-    fit already has, for its full price."""
+    fit already has, for its full price. Unchanged when every candidate was run."""
     executed = _executed_recipes(dataset)
-    if not executed:
-        return ranked, []
     moved, notes = [], []
     for pos, row in enumerate(ranked.itertuples()):
-        done = executed.get((row.model, format_schedule(candidate_stages(row, space), row.model)))
+        sched = format_schedule(candidate_stages(row, space), row.model)
+        done = executed.get((row.model, sched))
         if done is None:
             break
         moved.append(pos)
-        notes.append(f"already run: {row.model} '{format_schedule(candidate_stages(row, space), row.model)}' "
-                     f"(top-1 {done[1]:.2f}% measured, {done[0]}): ranked after the recipes not yet run (running "
-                     "it again repeats that measurement at full price)")
-    else:  # every candidate was run: keep the order
+        notes.append(f"already run: {row.model} '{sched}' (top-1 {done[1]:.2f}% measured, {done[0]}): ranked after "
+                     "the recipes not yet run (running it again repeats that measurement at full price)")
+    else:
         return ranked, []
     if not moved:
         return ranked, []
@@ -127,7 +125,7 @@ def _new_recipes_first(ranked: pd.DataFrame, space: Any, dataset: str) -> tuple[
 BEYOND_GAIN = 0.5  # points: a candidate beyond the study predicted at least this much better is worth saying
 
 
-def _beyond_the_study(outside: pd.DataFrame, chosen_row: Any, key: str, space: Any) -> list[str]:
+def _beyond_the_study(outside: pd.DataFrame, chosen_row: Any, key: str, space: SearchSpace) -> list[str]:
     """A note for a local plan that leaves budget on the table because its study cannot vouch for the better
     candidates: the best one beyond the study's range within the budget, what its fit predicts for it and why that
     is a guess; empty when nothing beyond the range is predicted ``BEYOND_GAIN`` points better."""
