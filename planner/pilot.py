@@ -68,12 +68,13 @@ class Overhead:
         return self.scale * modelled_s + self.per_sample_s * samples + self.per_stage_s * stages
 
 
-# Measured on cpu-2core with `clipa data synth --resolution 32` data, batch 64, on 2026-11-28 (load ~1-4): mu/8
-# 12.8K@16/8 took 15.7 metered device-seconds, mini/8 12.8K@32/16 24.4 s, xs/8 6.4K@24/32 57.9 s, mini/8 6.4K@16/8
-# 13.2 s, against 0.5, 6.1, 20.5 and 1.2 s from the FLOP/MFU model (budgets/hardware.yaml's cpu-2core profile): nnls
-# gives ~2.25x the model (batch 64 dispatches twice as many steps as the batch-128 benchmarks the profile was fitted
-# on), 0.24 ms a sample (input pipeline) and ~10 s a stage (compile, checkpoint). Evaluation is not metered.
-CPU_PRIOR = Overhead(2.25, 2.4e-4, 9.7, "prior: cpu-2core measurement of 4 runs (planner.pilot)")
+# Measured on cpu-2core with `clipa data synth --resolution 32` data, batch 64: nnls over the 15 runs of the closed
+# loop of 2026-12-04 (mu/8 and mini/8, 25K-328K samples, 16-32 px, one or two stages) and an xs/8 and a mini/8 run of
+# 12.8K samples at 32/32 on 2026-12-05: ~0.88x the FLOP/MFU model (budgets/hardware.yaml's cpu-2core profile), 0.26 ms
+# a sample (input pipeline) and ~2.8 s a stage (compile, checkpoint); worst of the 17 within 25% but the 9 s mini/8
+# run (fit 14 s); the xs/8 run 48.0 s against 48.6. Evaluation is not metered. The earlier prior (2026-11-28, 4 runs
+# under a load of 1-4: 2.25x, 0.24 ms, 9.7 s) priced the same runs 2-2.4x too high, so a $0.008 pilot left xs/8 out.
+CPU_PRIOR = Overhead(0.88, 2.6e-4, 2.8, "prior: cpu-2core nnls over 17 runs (planner.pilot)")
 
 
 def prior_overhead(hardware: str) -> Overhead:

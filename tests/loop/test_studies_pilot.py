@@ -100,6 +100,21 @@ def test_prior_width_follows_how_well_imagenet_transfers():
     assert s_other > s_same, (mae_same, mae_other)
 
 
+def test_prior_width_choice_is_the_narrowest_within_one_standard_error():
+    from planner.studies import one_standard_error_choice
+
+    rng = np.random.default_rng(0)
+    base = np.abs(rng.normal(0.0, 1.5, 12))  # held-out errors of about 1.2 points, standard error ~0.25
+    # a wider prior better by a hair (0.05 points, a fifth of the standard error): the narrow one is kept
+    hair = {0.25: base + 0.05, 1.0: base + 0.02, 4.0: base}
+    assert one_standard_error_choice(hair) == 0.25
+    # a wider prior better by far more than the standard error: it is chosen, and the narrowest such width
+    far = {0.25: base + 2.0, 1.0: base + 0.01, 4.0: base}
+    assert one_standard_error_choice(far) == 1.0
+    # the best width is never passed over for a wider one
+    assert one_standard_error_choice({0.25: base, 4.0: base + 1.0}) == 0.25
+
+
 def test_local_fit_refuses_imagenet_rows():
     rows = _local_rows(n=5)
     img = features_frame([schedule_features("B/16", "datacomp-1b", "1B@112/16")])
@@ -183,18 +198,22 @@ def test_pilot_design_follows_what_the_plans_can_afford():
 
     small, large = design_pilot(0.005, "local:t", data_res=32), design_pilot(0.0168, "local:t", data_res=32)
     space = space_for(get_hardware("cpu-2core"), 32)
-    assert affordable_samples(space, "xs/8", 0.005, 32, "cpu-2core", "on-demand",
-                              prior_overhead("cpu-2core")) < MIN_PLAN_SAMPLES
-    assert "xs/8" not in {r.model for r in small.runs} and any("xs/8 left out" in n for n in small.notes)
+    # the small pilot cannot train xs/8 past the samples floor within its budget: the note gives the design's price
+    assert "xs/8" not in {r.model for r in small.runs}
+    assert any(n.startswith("xs/8 left out: the design with it costs") for n in small.notes), small.notes
     assert min(r.samples for r in small.runs) >= MIN_PILOT_SAMPLES  # no run below the take-off
     assert {r.model for r in large.runs} == {"mu/8", "mini/8", "xs/8"}
     top = {m: max(r.samples for r in large.runs if r.model == m) for m in ("mu/8", "mini/8", "xs/8")}
     assert top["mu/8"] > top["mini/8"] > top["xs/8"]
     assert max(r.samples for r in large.runs if r.model == "mu/8") > 1.5 * max(r.samples for r in small.runs
                                                                                 if r.model == "mu/8")
-    # a pilot whose smallest plan is a fifth of it (0.2x-3x): the smallest cannot afford the large tower, so it is out
-    near = design_pilot(0.0168, "local:t", data_res=32, plan_multiples=(0.2, 1.0, 3.0))
+    # a pilot whose smallest plan is a twentieth of it (0.05x-3x): the smallest cannot afford the large tower, so it is out
+    # although the pilot could pay for its runs
+    near = design_pilot(0.0168, "local:t", data_res=32, plan_multiples=(0.05, 1.0, 3.0))
+    assert affordable_samples(space, "xs/8", 0.05 * 0.0168, 32, "cpu-2core", "on-demand",
+                              prior_overhead("cpu-2core")) < MIN_PLAN_SAMPLES
     assert near.cost_usd <= 0.0168 and {r.model for r in near.runs} == {"mu/8", "mini/8"}
+    assert any("xs/8 left out: a $" in n for n in near.notes), near.notes
 
 
 def test_small_pilot_spans_the_token_and_samples_axes():
