@@ -106,7 +106,9 @@ def cpu_space(data_res: int = 64) -> SearchSpace:
         models=("mu/8", "mini/8", "xs/8"),
         pretrain_res={8: res},
         text_lens=(8, 16, 32),
-        pretrain_samples=_geom(2e3, 3.2e5, 16),
+        # x1.4 steps (a plan can land near its budget) from 2K to 4.8M samples: a $0.08 plan (10x the closed loop's
+        # pilot) affords ~5M samples of mini/8 and ~1.2M of xs/8; capped at 320K, loop 5's 10x plan spent 7%
+        pretrain_samples=_geom(2e3, 3.2e5 * 160 ** (8 / 15), 24),
         finetunes=tuple(fts),
         # One batch size for pilots and plans alike: the law has no batch or step-count term, so a plan at a batch
         # its pilot never used is an unmeasured extrapolation (a 256 plan scored 11% where 128 pilots reached 13.5%).
