@@ -2,7 +2,11 @@
 change: ``clipa backtest --json``, ``clipa plan --budget 10000 --json``, ``clipa predict --json`` for the README's
 schedules, full-precision predictions of a sample of the plan's candidates, and a local study's fit and predictions
 (on the generated rows of ``tests/loop/test_studies_pilot.py``). ``test_pinned_outputs.py`` compares against
-``tests/fixtures/pinned_outputs.json``, which was written before the issue-17 refactor."""
+``tests/fixtures/pinned_outputs.json``, which was written before the issue-17 refactor.
+
+A deliberate change of one output re-records only that key (``python -m tests.planner.pinned_outputs --only
+local_study``): the rest stays the pre-refactor record. Re-recorded so far: ``local_study`` (issue 19: a local
+study's prior width is the narrowest within one standard error of the best held-out error, which changes its fit)."""
 
 from __future__ import annotations
 
@@ -121,5 +125,14 @@ def compute() -> dict:
 
 
 if __name__ == "__main__":
-    FIXTURE.write_text(json.dumps(compute(), indent=1, sort_keys=True, default=lambda o: o.item()) + "\n")
+    if sys.argv[1:2] == ["--only"] and len(sys.argv) == 3 and sys.argv[2] == "local_study":
+        record = json.loads(FIXTURE.read_text(encoding="utf-8"))
+        if record["machine"] != machine():
+            sys.exit(f"the fixture was recorded on {record['machine']}; re-record one key on that machine only")
+        record["local_study"] = json.loads(json.dumps(_local_study(), default=lambda o: o.item()))
+    elif sys.argv[1:]:
+        sys.exit("usage: python -m tests.planner.pinned_outputs [--only local_study]")
+    else:
+        record = compute()
+    FIXTURE.write_text(json.dumps(record, indent=1, sort_keys=True, default=lambda o: o.item()) + "\n")
     print(f"wrote {FIXTURE}", file=sys.stderr)
