@@ -212,13 +212,17 @@ AXES = (
 )
 
 
-def data_ranges(rows: pd.DataFrame, token_floor: bool) -> dict[str, list]:
+def data_ranges(rows: pd.DataFrame, token_floor: bool, samples_per_size: bool = False) -> dict[str, list]:
     """The range of every axis over the fitted rows; with ``token_floor``, also the fewest pre-training tokens per
-    model size (the inverse scaling law: what a smaller model tolerated, a larger one tolerates too)."""
+    model size (the inverse scaling law: what a smaller model tolerated, a larger one tolerates too); with
+    ``samples_per_size``, also the most samples each model size was trained on (``samples_reach``)."""
     out: dict[str, list] = {}
     if token_floor:
         floor = rows.groupby("n_params")["pretrain_image_tokens"].min()
         out["token_floor"] = [[float(n), float(t)] for n, t in floor.items()]
+    if samples_per_size:
+        reach = rows.groupby("n_params")["total_samples"].max()
+        out["samples_reach"] = [[float(n), float(d)] for n, d in reach.items()]
     for ax in AXES:
         v = rows[ax.column].to_numpy(float)
         out[ax.key] = [float(v.min()), float(v.max())]
@@ -241,6 +245,23 @@ def token_floor(ranges: dict[str, list], n_params: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, run_min[np.maximum(idx, 0)], run_min[0])
 
 
+def samples_reach(ranges: dict[str, list], n_params: np.ndarray) -> np.ndarray:
+    """Most samples a model of this size was trained on in the data (inf without ``samples_reach``). A size without
+    runs of its own gets the lesser reach of the nearest measured sizes on either side (the one nearest, outside
+    the measured sizes)."""
+    n = np.asarray(n_params, dtype=float)
+    pairs = np.asarray(ranges.get("samples_reach", []), dtype=float).reshape(-1, 2)
+    if len(pairs) == 0:
+        return np.full(len(n), np.inf)
+    pairs = pairs[np.argsort(pairs[:, 0])]
+    sizes, reach = pairs[:, 0], pairs[:, 1]
+    exact = np.isclose(n[:, None], sizes[None, :], rtol=1e-9, atol=0.0)
+    below = np.clip(np.searchsorted(sizes, n, side="right") - 1, 0, len(sizes) - 1)
+    above = np.clip(np.searchsorted(sizes, n, side="left"), 0, len(sizes) - 1)
+    between = np.minimum(reach[below], reach[above])
+    return np.where(exact.any(axis=1), reach[np.argmax(exact, axis=1)], between)
+
+
 def _outside(x: np.ndarray, lo: float, hi: float, side: str) -> np.ndarray:
     """Natural-log distance of ``x`` outside [lo, hi] (0 inside). Above a range whose top is 0 (e.g. fine-tuning
     where the data never fine-tuned): one log unit, since the effect rests on the law's structure alone."""
@@ -252,8 +273,9 @@ def _outside(x: np.ndarray, lo: float, hi: float, side: str) -> np.ndarray:
 
 
 def range_excess(ranges: dict[str, list], f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Natural-log distance of each row outside the data's range (0 inside): in samples seen, and summed over every
-    other axis (model size, image tokens and the token floor, text length, fine-tune samples)."""
+    """Natural-log distance of each row outside the data's range (0 inside): in samples seen (beyond the data's
+    range, or beyond the most samples its own model size was trained on, whichever is further), and summed over
+    every other axis (model size, image tokens and the token floor, text length, fine-tune samples)."""
     samples = np.zeros(len(f))
     other = np.zeros(len(f))
     for ax in AXES:
@@ -262,6 +284,8 @@ def range_excess(ranges: dict[str, list], f: pd.DataFrame) -> tuple[np.ndarray, 
             samples += d
         else:
             other += d
+    D = np.maximum(f["total_samples"].to_numpy(float), 1.0)
+    samples = np.maximum(samples, np.log(np.maximum(D / samples_reach(ranges, f["n_params"].to_numpy(float)), 1.0)))
     floor = token_floor(ranges, f["n_params"].to_numpy(float))
     other += np.maximum(np.log(floor / np.maximum(f["pretrain_image_tokens"].to_numpy(float), 1.0)), 0.0)
     return samples, other
@@ -278,6 +302,10 @@ def extrapolation_reasons(ranges: dict[str, list], feats: dict[str, Any], datase
                 out.append(f"{ax.label} {ax.fmt.format(x)} above the data's {hi:{'g' if ax.fmt == '{}' else '.3g'}}")
         elif x < lo or x > hi:
             out.append(f"{ax.label} {ax.fmt.format(x)} outside the data's {ax.fmt.format(lo)}..{ax.fmt.format(hi)}")
+        if ax.column == "total_samples" and lo <= x <= hi:
+            reach = float(samples_reach(ranges, np.array([float(feats["n_params"])]))[0])
+            if x > reach:
+                out.append(f"samples {x:.3g} above the {reach:.3g} that runs of this model size reached")
         if ax.column == "pretrain_image_tokens":
             floor = float(token_floor(ranges, np.array([float(feats["n_params"])]))[0])
             if x < floor:

@@ -32,7 +32,8 @@ from planner.spec import RunSpec, spec_from_dict
 from planner.store import atomic_write_text
 
 Objective = Literal["mean", "p10"]
-# On a local study, how far beyond the pilot's largest run (in samples) a plan is still ranked with the in-range ones
+# On a local study, how far beyond the study's largest run of the same model size (in samples) a plan is still ranked
+# with the in-range ones
 LOCAL_SAMPLES_REACH = 4.0
 _BUDGET_RE = re.compile(r"^\$?\s*([0-9][0-9,_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmM]?)$")
 
@@ -137,7 +138,7 @@ def _beyond_the_study(outside: pd.DataFrame, chosen_row: Any, key: str, space: S
         return []
     why = ("outside the study's runs on more than samples (model size, image tokens, text or fine-tune length)"
            if best["other_excess"] > 1e-9 else
-           f"more than {LOCAL_SAMPLES_REACH:g}x the samples of the study's largest run")
+           f"more than {LOCAL_SAMPLES_REACH:g}x the samples of the study's largest {best['model']} run")
     sched = format_schedule(candidate_stages(best, space), best["model"])
     return [f"beyond the study: {best['model']} '{sched}' (${best['cost_usd']:.3g}) is predicted "
             f"{gain:.1f} points higher, but it is {why}, where the fit extrapolates; a run there (a smaller budget "
@@ -226,8 +227,9 @@ def make_plan(
     # Ties (equal predictions) go to the cheaper candidate. On a local study (a pilot's few runs) an extrapolated
     # candidate's mean is a guess: the closed loop picked an unpiloted long fine-tune predicted at 73% that scored
     # 16%. So there, candidates inside the study's range go first whenever any fit the budget; so do candidates
-    # beyond it in samples alone, by at most LOCAL_SAMPLES_REACH (the samples term is the law's best-measured
-    # extrapolation, and a plan confined to the pilot's largest run could not spend a budget larger than it).
+    # beyond it in samples alone, by at most LOCAL_SAMPLES_REACH times the largest run of their model size (the
+    # samples term is the law's best-measured extrapolation, and a plan confined to the pilot's largest run could
+    # not spend a budget larger than it).
     ranked = ranked.sort_values([key, "cost_usd"], ascending=[False, True])
     trusted = ~ranked["extrapolated"]
     if "samples_excess" in pred:
@@ -272,8 +274,8 @@ def make_plan(
         request["slice"] = slice_chips
     if deadline_hours is not None:
         request["deadline_hours"] = deadline_hours
-    request_notes = ([f"local study: candidates inside the pilot's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
-                      "largest run) ranked first"] if in_range_first else [])
+    request_notes = ([f"local study: candidates inside the study's range (samples up to {LOCAL_SAMPLES_REACH:g}x its "
+                      "largest run of the same model) ranked first"] if in_range_first else [])
     if in_range_first:
         request_notes += _beyond_the_study(beyond, chosen_row, key, space)
     request_notes += repeat_notes

@@ -33,7 +33,11 @@ Interval (``planner.law.predict``): Gauss-Newton covariance of the MAP fit (prio
 prediction's gradient, plus the residual noise, both at least the binomial noise of the evaluation split (a pilot's
 few residuals can look far too good), with Student-t quantiles for the few degrees of freedom; outside the study's
 range (model size, samples, tokens, text, fine-tune samples) the half-width grows by half the summed log-distance
-outside, and the prediction is flagged ``extrapolated``.
+outside, and the prediction is flagged ``extrapolated``. Samples are judged per model size too: a run beyond the most
+samples its own tower was trained on extrapolates, even inside the samples range of the other towers (the law's
+size and samples terms add, so a pilot's short runs of a larger tower cannot say how much more it gains from many
+samples: loop 6's pilot ran xs/8 to 42K, and its 10x plan, xs/8 at 1.24M, was predicted 18.4 [14.5, 22.2] as an
+interpolation and scored 28.0).
 
 Fits are saved as ``results/fits/study-<name>-<version>.json`` (``planner.law.cached_or_fit``); the version hashes
 the study's rows, the shared constants and the law's code, so a new run gives a new version and old files stay as
@@ -261,7 +265,7 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
     s2 = max(float(np.sum(r**2) / dof), noise_floor**2)
     cov = law.covariance(sol.jac, s2) if m > 0 else np.zeros((len(names),) * 2)
     fit = LawFit(kind=LOCAL_LAW.kind, params=p, free=names, cov=cov.tolist(), sigma=math.sqrt(s2),
-                 ranges=law.data_ranges(rows, token_floor=False), datasets={dataset: 0.0},
+                 ranges=law.data_ranges(rows, token_floor=False, samples_per_size=True), datasets={dataset: 0.0},
                  quantile=float(student_t.ppf(0.9, dof)), t_ref=t_ref, chance=float(chance), eval_n=int(eval_n),
                  study=study, dataset=dataset)
     fit.metrics = {"rows": int(m), "mae": float(np.mean(np.abs(r))), "max_abs_error": float(np.max(np.abs(r))),

@@ -154,6 +154,8 @@ def test_local_runs_never_change_the_imagenet_fit(isolated_home):
     assert "local:t" not in after.datasets and "local:t" in after.studies
     st = after.studies["local:t"]
     assert st.metrics["rows"] == 6 and after.version_for("local:t") != after.version
+    # a local study judges samples per model size (``planner.law.samples_reach``); the ImageNet study pools them
+    assert st.ranges["samples_reach"] and "samples_reach" not in after.ranges
     # a local prediction comes from the study's law; an ImageNet one is unchanged
     p = predict_stages(after, "mini/8", "local:t", parse_schedule("16K@32/16", "mini/8"))
     assert CHANCE <= p.predicted_top1 < 100 and p.low <= p.predicted_top1 <= p.high
@@ -256,6 +258,37 @@ def test_a_local_plan_names_the_better_candidate_beyond_its_study(tmp_path):
     flat = make_plan(0.05, lambda f: predictor(f).assign(predicted_top1=12.0, low=10.0, high=14.0), "test",
                      "cpu-2core", None, "local:synth", out=tmp_path / "q").body
     assert not [n for n in flat["notes"] if n.startswith("beyond the study:")]
+
+
+def test_a_local_plan_walks_each_tower_at_most_4x_beyond_its_own_largest_run(tmp_path):
+    # mini/8 ran to 1.28M samples, xs/8 to 40K: xs/8 is trusted up to 160K, whatever mini/8 reached (loop 6's 10x
+    # plan took xs/8 at 1.24M as an interpolation of the pooled range and landed 9.6 points above its prediction)
+    import numpy as np
+    import pandas as pd
+
+    from planner import law
+    from planner.plan import LOCAL_SAMPLES_REACH, make_plan
+
+    runs = features_frame([schedule_features(m, "local:synth", s) for m, s in
+                           [("mini/8", "1.28M@32/32"), ("xs/8", "40K@32/32"), ("mini/8", "40K@16/8 + 8K@32/32")]])
+    ranges = law.data_ranges(runs, token_floor=False, samples_per_size=True)
+
+    def predictor(f):
+        samples, other = law.range_excess(ranges, f)
+        # more samples help; leaving the study's tokens, text or fine-tune lengths does not
+        mean = (np.where(f["model"] == "xs/8", 30.0, 15.0) + 2 * np.log10(f["total_samples"].to_numpy(float))
+                - 5 * other)
+        return pd.DataFrame({"predicted_top1": mean, "low": mean - 2, "high": mean + 2,
+                             "extrapolated": samples + other > 1e-9, "samples_excess": samples,
+                             "other_excess": other}, index=f.index)
+
+    body = make_plan(0.05, predictor, "test", "cpu-2core", None, "local:synth", out=tmp_path / "p").body
+    chosen = body["chosen"]
+    assert chosen["model"] == "xs/8"
+    seen = features_frame([schedule_features("xs/8", "local:synth", chosen["schedule"])])["total_samples"].iloc[0]
+    assert 40e3 < seen <= LOCAL_SAMPLES_REACH * 40e3
+    beyond = [n for n in body["notes"] if n.startswith("beyond the study:")]
+    assert len(beyond) == 1 and "the study's largest xs/8 run" in beyond[0]
 
 
 def test_a_plan_does_not_pay_to_repeat_a_recipe_already_run(isolated_home, tmp_path):

@@ -104,3 +104,45 @@ def test_the_fit_shipped_before_the_law_was_written_once_reads_and_predicts_the_
                         schedule_features("B/16", "local:new", "1B@112/16")])
     a, b = predict_frame(old, f), predict_frame(now, f)
     assert np.allclose(a[["predicted_top1", "low", "high"]], b[["predicted_top1", "low", "high"]], rtol=1e-9)
+
+
+def test_samples_are_judged_per_model_size_where_the_study_records_each_sizes_reach():
+    # mini/8 trained to 1.28M, xs/8 only to 40K: xs/8 at 1.28M is inside the samples range of the data but 32x
+    # beyond its own runs (loop 6: predicted 18.4 [14.5, 22.2] as an interpolation, scored 28.0)
+    runs = [("mu/8", "20K@32/32"), ("mini/8", "1.28M@32/32"), ("mini/8", "40K@32/32"), ("xs/8", "40K@32/32")]
+    f = features_frame([schedule_features(m, "local:t", s) for m, s in runs])
+    per_size = law.data_ranges(f, token_floor=False, samples_per_size=True)
+    pooled = law.data_ranges(f, token_floor=False)
+    probe = features_frame([schedule_features(m, "local:t", s) for m, s in
+                            [("xs/8", "1.28M@32/32"), ("mini/8", "1.28M@32/32"), ("xs/8", "40K@32/32"),
+                             ("mu/8", "80K@32/32"), ("S/8", "80K@32/32")]])
+    reach = law.samples_reach(per_size, probe["n_params"].to_numpy(float))
+    # S/8 (no runs, above every measured size) takes the nearest measured size's reach: xs/8's
+    assert reach.tolist() == pytest.approx([4e4, 1.28e6, 4e4, 2e4, 4e4])
+    samples, _ = law.range_excess(per_size, probe)
+    assert samples[:4] == pytest.approx([math.log(32.0), 0.0, 0.0, math.log(4.0)])
+    assert law.range_excess(pooled, probe)[0][:4] == pytest.approx([0.0, 0.0, 0.0, 0.0])  # ImageNet: pooled only
+    # a size between two measured ones takes the lesser reach of its neighbours
+    between = law.samples_reach({"samples_reach": [[1.0, 10.0], [4.0, 100.0]]}, np.array([2.0, 0.5, 8.0]))
+    assert between.tolist() == [10.0, 10.0, 100.0]
+    why = law.extrapolation_reasons(per_size, probe.iloc[0].to_dict(), True)
+    assert why == ["samples 1.28e+06 above the 4e+04 that runs of this model size reached"]
+    assert law.extrapolation_reasons(per_size, probe.iloc[1].to_dict(), True) == []
+
+
+def test_a_local_studys_interval_widens_beyond_a_sizes_own_runs():
+    f, _, local = _fits()  # fitted range: mu/8 at 5K, mini/8 at 48K, xs/8 at 24K
+    rows = f.iloc[:3]
+    local.ranges = law.data_ranges(rows, token_floor=False, samples_per_size=True)
+    probe = features_frame([schedule_features(m, "local:t", s) for m, s in [("xs/8", "48K@32/16"),
+                                                                           ("mini/8", "48K@32/16")]])
+    p = predict_study(local, probe)
+    assert p["extrapolated"].tolist() == [True, False]
+    assert p["samples_excess"].tolist() == pytest.approx([math.log(2.0), 0.0])
+    # the half-width grows by half a unit per log unit (WIDEN_PER_LOG), on top of the same sd
+    half = (p["high"] - p["low"]).to_numpy() / 2
+    local.ranges = law.data_ranges(rows, token_floor=False)
+    q = predict_study(local, probe)
+    assert not q["extrapolated"].iloc[0]
+    assert half[0] == pytest.approx((q["high"] - q["low"]).iloc[0] / 2 * (1 + law.WIDEN_PER_LOG * math.log(2.0)),
+                                    rel=1e-6)
