@@ -102,18 +102,20 @@ def render(pilot: dict, plans: list[dict], s: dict, meta: dict, log: list[str]) 
               f"{r['device_hours'] * 3600:.0f} |" for r in pilot["runs"]]
     if st:
         lines += ["", f"Study fit after the pilot: {json.dumps(st.get('metrics', {}), default=str)[:600]}"]
+    words = any(p.get("attributes") for p in plans)
     lines += ["", "**Plans** (each planned with every run before it in the study, executed, recorded):", "",
               "| # | budget | model | schedule | predicted [80%] | actual | error | inside | half-width | "
-              "spend (planned / measured) | more spend buys |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "spend (planned / measured) | more spend buys |" + (" top-1 per word |" if words else ""),
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if words else "")]
     for i, p in enumerate(plans, 1):
         rep = " (repeat: not counted)" if p.get("repeat") else ""
+        per = ", ".join(f"{a} {v:.1f}" for a, v in (p.get("attributes") or {}).items())
         lines.append(
             f"| {i}{rep} | ${p['budget']:.4g} ({p['multiple']:g}x) | {p['model']} | `{p['schedule']}` | "
             f"{p['predicted']:.1f} [{p['low']:.1f}, {p['high']:.1f}] | {p['actual']:.2f} | "
             f"{p['actual'] - p['predicted']:+.2f} | {'yes' if p['low'] <= p['actual'] <= p['high'] else 'no'} | "
             f"{(p['high'] - p['low']) / 2:.2f} | {100 * p['spend_share']:.0f}% / {100 * p['measured_share']:.0f}% | "
-            f"{p['gain']:.2f} points |")
+            f"{p['gain']:.2f} points |" + (f" {per or '-'} |" if words else ""))
     if any(p.get("repeat") for p in plans):
         lines += ["", "A plan marked *repeat* chose a recipe that had already run: `clipa run` reused the recorded run "
                   "(no new measurement), and the study it was planned with had been fitted on that run, so it is left "
@@ -192,7 +194,10 @@ def main() -> None:
                       "predicted": c["predicted_top1"], "low": c["interval"][0], "high": c["interval"][1],
                       "actual": r["top1"], "spend_share": c["cost_usd"] / budget,
                       "measured_share": r["cost_usd"] / budget, "gain": spend_gain(body),
-                      "repeat": r["run_id"] in recorded})
+                      "repeat": r["run_id"] in recorded,
+                      # each class-name word's top-1 (colour, shape): a top-1 that stalls on one attribute shows here
+                      "attributes": {k[len("top1_"):]: v for k, v in (r.get("extra") or {}).items()
+                                     if k.startswith("top1_")}})
         print(json.dumps(plans[-1]), flush=True)
         # saved after every plan: an interrupted loop keeps what it measured (--render-only writes the doc from it)
         meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "work": str(a.work),

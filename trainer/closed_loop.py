@@ -164,6 +164,8 @@ def build_result(
                "eval_n": int(ev.get("n", 0)),
                # the class count the top-1 was measured against: a local study's chance level (issue 20)
                **({"n_classes": int(ev["classes"])} if isinstance(ev.get("classes"), int) else {}),
+               # each class-name word's top-1 ("top1_colour", "top1_shape") where the data names them
+               **{f"top1_{a}": _pct(v) for a, v in (ev.get("attributes") or {}).items()},
                **(extra or {})},
     )
 

@@ -98,10 +98,11 @@ def register(app: typer.Typer) -> None:
             except EvalFailedElsewhere as e:
                 sys.stderr.write(f"error: {e}\n")
                 raise typer.Exit(1) from None
-            summary["eval"] = {k: ev[k] for k in ("top1", "top5", "n") if k in ev}
+            summary["eval"] = {k: ev[k] for k in ("top1", "top5", "n", "attributes") if k in ev}
             if not json_out and jax.process_index() == 0:
+                per = "".join(f", {a} {100 * v:.2f}%" for a, v in (ev.get("attributes") or {}).items())
                 sys.stdout.write(f"zero-shot on {s.eval_data}: top-1 {100 * ev['top1']:.2f}%, "
-                                 f"top-5 {100 * ev.get('top5', 0.0):.2f}% ({ev.get('n', 0)} samples)\n")
+                                 f"top-5 {100 * ev.get('top5', 0.0):.2f}%{per} ({ev.get('n', 0)} samples)\n")
         if json_out:
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         else:

@@ -178,5 +178,30 @@ def test_evaluate_is_what_clipa_eval_runs(synth_dir, synth_tokenizer):
     assert (res["top1"], res["top5"], res["n"], res["classes"]) == (1.0, 1.0, 64, 64)
     assert res["templates"] == len(src.templates)
     assert set(res["retrieval"]) == {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "n"}
+    assert res["attributes"] == {"colour": 1.0, "shape": 1.0}  # the generated set names its class-name words
     with pytest.raises(ClipaError, match="not found"):
         evaluate(str(synth_dir / "nowhere"), oracle.images, oracle.texts, image_res=24)
+
+
+def test_attribute_accuracy_scores_each_word_of_a_class_name(synth_dir, synth_tokenizer):
+    """A model that knows every colour and no shape (it always answers the next shape) scores top-1 0 and colour 1."""
+    from trainer.data.zeroshot import attribute_accuracy, evaluate
+
+    names = ["red circle", "red ring", "blue circle", "blue ring"]
+    got = attribute_accuracy(np.array([1, 1, 2, 3]), np.array([0, 1, 2, 2]), names, ["colour", "shape"])
+    assert got == {"colour": 1.0, "shape": 0.5}
+    assert attribute_accuracy(np.array([0]), np.array([0]), ["red circle", "ring"], ["colour", "shape"]) == {}
+
+    src = make_eval_source(str(synth_dir), 24, batch_size=32, decode_threads=0)
+    assert src.attributes == ["colour", "shape"]
+    oracle = Oracle(src, src.classnames, synth_tokenizer, strict=False)
+    shapes = len({n.split()[1] for n in src.classnames})
+
+    def colour_only(images):
+        right = oracle.images(images)
+        row = np.argmax(right, axis=1)
+        wrong = (row // shapes) * shapes + (row % shapes + 1) % shapes  # same colour, the next shape
+        return np.eye(len(src.classnames), dtype=np.float32)[wrong]
+
+    res = evaluate(str(synth_dir), colour_only, oracle.texts, image_res=24, text_len=16, retrieval=False)
+    assert res["top1"] == 0.0 and res["attributes"] == {"colour": 1.0, "shape": 0.0}

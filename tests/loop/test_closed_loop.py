@@ -73,6 +73,9 @@ def test_pilot_plan_run_compare(tiny_data, isolated_home, tmp_path):
     (res,) = ran["results"]
     assert res["prediction"]["fit_version"] == plan["fit_version"]
     assert res["eval_task"] == "zeroshot:local:tiny"
+    # the generated classes are "colour shape": the record scores each word too, and a right class needs both
+    extra = json.loads((home / "results" / "runs" / f"{res['run_id']}.json").read_text())["extra"]
+    assert res["top1"] <= min(extra["top1_colour"], extra["top1_shape"]) <= 100
     cmp = clipa(home, "compare", "--json")
     row = next(r for r in cmp["runs"] if r["run_id"] == res["run_id"])
     assert row["predicted_top1"] == pytest.approx(chosen["predicted_top1"])

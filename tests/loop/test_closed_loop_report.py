@@ -54,3 +54,14 @@ def test_doc_rewritten_between_markers_history_kept(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Title\n\n") and "history paragraph" in text
     assert "second" in text and "first" not in text and text.count(report.BEGIN) == 1
+
+
+def test_plans_table_shows_each_class_words_top1_when_recorded():
+    pilot = {"budget": 0.01, "runs": [{"run_id": "r" * 16, "model": "mu/8", "schedule": "25K@16/8", "top1": 5.0,
+                                       "device_hours": 0.001, "cost_usd": 0.001}], "notes": []}
+    meta = {"date": "2026-12-05", "work": "/tmp/w", "pilot_budget": 0.01, "pilot_min": 1.0, "wall_min": 2.0}
+    old = [_plan(10.0, 7.0, 13.0, 11.0, 0.9, 0.0)]
+    assert "top-1 per word" not in report.render(pilot, old, report.summarise(old), meta, [])
+    new = [dict(_plan(10.0, 7.0, 13.0, 11.0, 0.9, 0.0), attributes={"colour": 87.6, "shape": 17.8})]
+    text = report.render(pilot, new, report.summarise(new), meta, [])
+    assert "top-1 per word |" in text and "| colour 87.6, shape 17.8 |" in text

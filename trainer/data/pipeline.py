@@ -425,7 +425,8 @@ class EvalSource:
 
     ``labels`` is -1 where a sample has no class label; ``texts`` is its caption ("" if none).
     ``classnames``/``templates`` are those found beside the data (``classes.txt``, ``templates.txt``), the ImageNet
-    ones for a 1000-class folder of WordNet ids, or None. Problems are counted in ``stats()``.
+    ones for a 1000-class folder of WordNet ids, or None; ``attributes`` names the words of a class name
+    (``attributes.txt``), or None. Problems are counted in ``stats()``.
     """
 
     def __init__(self, path: str, image_res: int, batch_size: int = 256, limit: int | None = None,
@@ -439,6 +440,9 @@ class EvalSource:
         self._stats: dict[str, Any] = {}
         self.classnames: list[str] | None = None
         self.templates: list[str] | None = None
+        # what each word of a class name is ("colour", "shape"), from ``attributes.txt`` beside the data: the
+        # evaluation then scores each word on its own too (trainer.data.zeroshot.attribute_accuracy)
+        self.attributes: list[str] | None = None
         self._files: list[tuple[str, int]] | None = None
         self._shards: list[str] | None = None
         self.layout = "shards"  # or "folders" (trainer.data.imagenet: the layouts and their rules)
@@ -495,6 +499,8 @@ class EvalSource:
                 self.classnames = load_classnames(_join(d, "classes.txt"))
             if self.templates is None and path_exists(_join(d, "templates.txt")):
                 self.templates = load_templates(_join(d, "templates.txt"))
+            if self.attributes is None and path_exists(_join(d, "attributes.txt")):
+                self.attributes = load_classnames(_join(d, "attributes.txt"))
 
     def _init_folder(self, root: Path) -> None:
         from trainer.data.imagenet import check_class_folders

@@ -24,6 +24,7 @@ checked: the resolution, model-size and longer-training axes.
 
 Layout written: ``OUT/train/shard-NNNNNN.tar`` and ``OUT/eval/shard-NNNNNN.tar`` (webdataset: ``KEY.jpg``,
 ``KEY.txt``, ``KEY.json``), ``OUT/classes.txt``, ``OUT/classes_fine.txt``, ``OUT/templates.txt``,
+``OUT/attributes.txt`` (what each word of a class name is: colour, shape; texture first for the fine classes),
 ``OUT/tokenizer.json`` (BPE trained on the train captions) and ``OUT/dataset.json``. Every sample is drawn from its
 own generator seeded by (seed, split, index), so the output is byte-for-byte deterministic for a seed (tar headers
 carry a fixed mtime) and the two splits never share a sample. Each json carries the caption's part-of-speech tags
@@ -489,6 +490,8 @@ def write_synth(
     (out / "classes.txt").write_text("\n".join(classnames_fine() if fine else classnames()) + "\n")
     (out / "classes_fine.txt").write_text("\n".join(classnames_fine()) + "\n")
     (out / "templates.txt").write_text("\n".join(_TEMPLATES) + "\n")
+    # the words of a class name, in order: the evaluation scores each on its own too
+    (out / "attributes.txt").write_text("\n".join((["texture"] if fine else []) + ["colour", "shape"]) + "\n")
     tok = train_tokenizer(train_captions, vocab_size=vocab_size)
     tok.save(out / "tokenizer.json")
     info = {
