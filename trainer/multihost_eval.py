@@ -62,6 +62,11 @@ def _coordination_client():
     return client
 
 
+# what every process returns of process 0's evaluation (and ``clipa train`` reports): top-1/top-5, the image count,
+# each class-name word's top-1 where the data names them
+SUMMARY_KEYS = ("top1", "top5", "n", "attributes")
+
+
 def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
                     wait_s: float = FINAL_EVAL_WAIT_S) -> dict[str, Any]:
     """``evaluate_run`` of a run's final parameters at the end of ``clipa train``, with any number of processes.
@@ -70,8 +75,8 @@ def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
     parameters are put on ONE of process 0's devices (``whole_params``, which every process takes part in), and
     process 0 alone evaluates them there, so its numbers are those of a single-process ``clipa eval`` of the same
     parameters, and writes ``eval.json``; the others wait until it is done (or failed) and return the same
-    top1/top5/n (and the per-word top-1). A computation whose inputs all lie on one local device involves no other process, so nothing here
-    can deadlock on a collective.
+    ``SUMMARY_KEYS``. A computation whose inputs all lie on one local device involves no other process, so nothing
+    here can deadlock on a collective.
     A ClipaError on process 0 (bad eval data) is raised on every process (exit 2 everywhere, not retried); any
     other failure there raises ``EvalFailedElsewhere`` on the others."""
     import jax
@@ -91,7 +96,7 @@ def evaluate_at_end(spec: RunSpec, run_dir: Path, cfg: Any, params: Any,
                       else {"error": f"{type(e).__name__}: {e}"})
             client.key_value_set(key, json.dumps(status))
             raise
-        shared = {k: ev[k] for k in ("run_id", "top1", "top5", "n", "attributes") if k in ev}
+        shared = {k: ev[k] for k in ("run_id", *SUMMARY_KEYS) if k in ev}
         client.key_value_set(key, json.dumps({"eval": shared}))
         return ev
     status = json.loads(client.blocking_key_value_get(key, int(wait_s * 1000)))

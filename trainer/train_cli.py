@@ -91,14 +91,14 @@ def register(app: typer.Typer) -> None:
 
             atomic_write_text(rd / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
         if evaluate and s.eval_data:
-            from trainer.multihost_eval import EvalFailedElsewhere, evaluate_at_end
+            from trainer.multihost_eval import SUMMARY_KEYS, EvalFailedElsewhere, evaluate_at_end
 
             try:  # every process takes part; process 0 evaluates and writes eval.json (multi-host: see its docstring)
                 ev = evaluate_at_end(s, rd, result.cfg, result.params)
             except EvalFailedElsewhere as e:
                 sys.stderr.write(f"error: {e}\n")
                 raise typer.Exit(1) from None
-            summary["eval"] = {k: ev[k] for k in ("top1", "top5", "n", "attributes") if k in ev}
+            summary["eval"] = {k: ev[k] for k in SUMMARY_KEYS if k in ev}
             if not json_out and jax.process_index() == 0:
                 per = "".join(f", {a} {100 * v:.2f}%" for a, v in (ev.get("attributes") or {}).items())
                 sys.stdout.write(f"zero-shot on {s.eval_data}: top-1 {100 * ev['top1']:.2f}%, "

@@ -26,8 +26,8 @@ batch 64, one run each): top-1 21.4 / 28.1 / 37.9% at 100K / 300K / 1M samples, 
 (colour 95-99%). Version 1 on the same recipe (400K-sample set): 15.8 / 16.1 / 23.5% at 320K / 449K / 1.24M (shape
 18.1 / 17.8 / 24.6%).
 
-Version 1 was checked once end to end with ``clipa train`` + ``clipa eval`` (20k train samples at 64 px, mini/8 at 32 px, batch 64,
-40k samples seen, about 2.5 CPU-minutes each, one seed, so differences of a point or two are noise): zero-shot top-1 /
+Version 1 was checked once end to end with ``clipa train`` + ``clipa eval`` (20k train samples at 64 px, mini/8 at
+32 px, batch 64, 40k samples seen, about 2.5 CPU-minutes each, one seed, so differences of a point or two are noise): zero-shot top-1 /
 top-5 on the 2k eval split was 12.7% / 58.9% with 32-token captions, 10.9% / 52.4% truncated to 8 tokens and
 9.6% / 37.7% with 8-token syntax reduction (chance 1.6% / 7.8%). Syntax reduction hurts here because the captions
 hold many nouns (shapes, positions, "background") and it drops the colour adjectives the classes need. Not
@@ -334,15 +334,15 @@ def draw_sample(seed: int, split: str, index: int, resolution: int) -> tuple[Ima
     canvas, bg_word = _background(size, rnd)
     # the scene's difficulty, uniform: at 0 a lone, large, plain object on a clean background; at 1 the full scene
     # (clutter, noise, textures, up to 3 distractors). Each hard element appears with that probability.
-    hard = rnd.random()
-    if rnd.random() < hard:
+    difficulty = rnd.random()
+    if rnd.random() < difficulty:
         _clutter(ImageDraw.Draw(canvas), size, rnd, ss)
 
     main = _random_object(rnd, True)
-    if rnd.random() >= hard:
+    if rnd.random() >= difficulty:
         main["texture"] = "plain"
     objects = [main]
-    for _ in range(rnd.randint(0, round(3 * hard))):
+    for _ in range(rnd.randint(0, round(3 * difficulty))):
         # distractors share the main object's colour or shape half the time, never both (the class stays unique)
         while True:
             d = _random_object(rnd, False)
@@ -357,7 +357,7 @@ def draw_sample(seed: int, split: str, index: int, resolution: int) -> tuple[Ima
 
     placed: list[tuple[float, float, float]] = []
     for obj in objects:
-        r = (rnd.uniform(0.2, 0.3) + 0.1 * (1 - hard)) * size if obj["main"] else rnd.uniform(0.08, 0.13) * size
+        r = (rnd.uniform(0.2, 0.3) + 0.1 * (1 - difficulty)) * size if obj["main"] else rnd.uniform(0.08, 0.13) * size
         for _attempt in range(20):  # avoid heavy overlap; some occlusion is allowed
             cx, cy = rnd.uniform(r, size - r), rnd.uniform(r, size - r)
             if all(math.hypot(cx - px, cy - py) > 0.8 * (r + pr) for px, py, pr in placed):
@@ -394,7 +394,7 @@ def draw_sample(seed: int, split: str, index: int, resolution: int) -> tuple[Ima
     caption = _join(words)
     nx, ny = rnd.randrange(resolution), rnd.randrange(resolution)
     noise = _noise_tile(resolution).crop((nx, ny, nx + resolution, ny + resolution))
-    if rnd.random() < hard:
+    if rnd.random() < difficulty:
         out = ImageChops.add(out, noise, 1.0, -128)
 
     colours = _COLOUR_NAMES
@@ -413,7 +413,7 @@ def draw_sample(seed: int, split: str, index: int, resolution: int) -> tuple[Ima
             for o in objects
         ],
         "background": bg_word,
-        "difficulty": round(hard, 4),
+        "difficulty": round(difficulty, 4),
         "pos": [[w, t] for w, t in words],
     }
     return out, caption, meta

@@ -7,7 +7,8 @@ Classification (CLIP's prompt ensembling): every class name is put into every te
 normalised, averaged per class and normalised again; an image's prediction is its highest cosine similarity; top-1
 and top-5 accuracy are reported with the number of images ``n`` (so hosts can combine their parts), and, when the
 data names the words of its class names (``attributes.txt``: "colour", "shape"), the top-1 of each word on its own.
-Classes are embedded ``class_batch`` at a time to bound memory. Prompts are tokenized with plain truncation to ``text_len``.
+Classes are embedded ``class_batch`` at a time to bound memory. Prompts are tokenized with plain truncation to
+``text_len``.
 
 Retrieval: one caption per image on a held-out split; recall@K in both directions. ``evaluate`` reads and embeds
 the evaluation images once for both.
