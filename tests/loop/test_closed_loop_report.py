@@ -65,3 +65,55 @@ def test_plans_table_shows_each_class_words_top1_when_recorded():
     new = [dict(_plan(10.0, 7.0, 13.0, 11.0, 0.9, 0.0), attributes={"colour": 87.6, "shape": 17.8})]
     text = report.render(pilot, new, report.summarise(new), meta, [])
     assert "top-1 per word |" in text and "| colour 87.6, shape 17.8 |" in text
+
+
+def test_resume_keeps_executed_plans_and_plans_only_the_rest(tmp_path, monkeypatch):
+    """A resumed loop must not plan an executed plan again: its study would now see the runs of the plans after it
+    (loop 8 ran plans at 1x, 1x and 3x; resumed with 10x added, only the 10x plan is planned and run)."""
+    import json
+    import sys
+
+    work = tmp_path / "loop"
+    runs = work / "home" / "results" / "runs"
+    runs.mkdir(parents=True)
+    (work / "data").mkdir()
+    (work / "data" / "dataset.json").write_text("{}")
+    pilot_run = {"run_id": "p" * 16, "model": "mu/8", "schedule": "25K@16/8", "top1": 5.0, "device_hours": 0.001,
+                 "cost_usd": 0.002}
+    (runs / f"{'p' * 16}.json").write_text(json.dumps({**pilot_run, "started_at": "2026-12-05T10:00:00+00:00",
+                                                         "finished_at": "2026-12-05T10:05:00+00:00"}))
+    executed = [_plan(10.0, 7.0, 13.0, 11.0, 0.9, 0.0, 1.0), _plan(12.0, 9.0, 15.0, 12.5, 0.9, 0.0, 3.0)]
+    for p in executed:
+        p["budget"] = round(p["multiple"] * 0.002, 6)
+    pilot_study = {"metrics": {"mae": 0.6}}
+    (work / "closed_loop.json").write_text(json.dumps({"pilot": {"study": pilot_study}, "plans": executed,
+                                                       "log": ["$ clipa pilot"],
+                                                       "meta": {"wall_min": 30.0}}))
+    issued = []
+
+    def fake_clipa(args, env, log):  # the CLI's JSON answers, as a stand-in for the subprocess
+        issued.append(args[0])
+        if args[0] == "pilot":
+            return {"runs": [pilot_run], "study": {"metrics": {"mae": 9.9}}, "notes": []}  # now fitted on all runs
+        if args[0] == "plan":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True)
+            chosen = {"model": "xs/8", "schedule": "900K@16/8", "predicted_top1": 30.0, "interval": [25.0, 35.0],
+                      "cost_usd": 0.018}
+            (out / "plan.json").write_text(json.dumps({"objective": "mean", "budget_usd": 0.02, "chosen": chosen,
+                                                       "frontier": [{"cost_usd": 0.018, "predicted_top1": 30.0}]}))
+            return {"chosen": chosen}
+        return {"results": [{"run_id": "n" * 16, "top1": 31.0, "cost_usd": 0.019, "extra": {}}]}
+
+    monkeypatch.setattr(report, "clipa", fake_clipa)
+    monkeypatch.setattr(sys, "argv", ["closed_loop.py", "--work", str(work), "--multiples", "1,3,10", "--resume",
+                                      "--doc", str(tmp_path / "doc.md"), "--seed", "19"])
+    report.main()
+    assert issued == ["pilot", "plan", "run"]  # the pilot's runs are reused by the CLI; one new plan
+    saved = json.loads((work / "closed_loop.json").read_text())
+    assert [p["multiple"] for p in saved["plans"]] == [1.0, 3.0, 10.0]
+    assert [p.get("resumed", False) for p in saved["plans"]] == [True, True, False]
+    assert saved["plans"][2]["actual"] == 31.0 and saved["meta"]["wall_min"] >= 30.0
+    assert saved["pilot"]["study"] == pilot_study
+    doc = (tmp_path / "doc.md").read_text()
+    assert "--seed 19" in doc and "Plans 1, 2 were executed by an earlier invocation" in doc
