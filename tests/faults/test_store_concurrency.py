@@ -50,3 +50,30 @@ def test_eight_writers_400_records(tmp_path, isolated_home):
     results, problems = read_runs(runs)
     assert problems == [] and len(results) == WRITERS * EACH
     assert leftovers(runs) == [] and not list(runs.glob(".*"))
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL between the temporary's creation and its rename leaves ``.NAME.HOST.PID.XXXX.tmp`` behind (no clean-up
+    runs); the next write of the same file removes it when that process is gone, and never touches a live
+    writer's."""
+    import os
+    import signal
+
+    from planner.store import _host, atomic_write_text
+
+    target = tmp_path / "abc.json"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        orphan = tmp_path / f".abc.json.{_host()}.{dead.pid}.x1y2.tmp"
+        live = tmp_path / f".abc.json.{_host()}.{child.pid}.z3w4.tmp"
+        other_host = tmp_path / f".abc.json.elsewhere-7.{dead.pid}.q5r6.tmp"
+        for p in (orphan, live, other_host):
+            p.write_text("{half")
+        atomic_write_text(target, '{"ok": 1}')
+        assert target.read_text() == '{"ok": 1}'
+        assert not orphan.exists() and live.exists() and other_host.exists()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
