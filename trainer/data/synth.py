@@ -27,10 +27,10 @@ batch 64, one run each): top-1 21.4 / 28.1 / 37.9% at 100K / 300K / 1M samples, 
 18.1 / 17.8 / 24.6%).
 
 Version 1 was checked once end to end with ``clipa train`` + ``clipa eval`` (20k train samples at 64 px, mini/8 at
-32 px, batch 64, 40k samples seen, about 2.5 CPU-minutes each, one seed, so differences of a point or two are noise): zero-shot top-1 /
-top-5 on the 2k eval split was 12.7% / 58.9% with 32-token captions, 10.9% / 52.4% truncated to 8 tokens and
-9.6% / 37.7% with 8-token syntax reduction (chance 1.6% / 7.8%). Syntax reduction hurts here because the captions
-hold many nouns (shapes, positions, "background") and it drops the colour adjectives the classes need. Not
+32 px, batch 64, 40k samples seen, about 2.5 CPU-minutes each, one seed, so differences of a point or two are noise):
+zero-shot top-1 / top-5 on the 2k eval split was 12.7% / 58.9% with 32-token captions, 10.9% / 52.4% truncated to 8
+tokens and 9.6% / 37.7% with 8-token syntax reduction (chance 1.6% / 7.8%). Syntax reduction hurts here because the
+captions hold many nouns (shapes, positions, "background") and it drops the colour adjectives the classes need. Not
 checked: the resolution, model-size and longer-training axes.
 
 Layout written: ``OUT/train/shard-NNNNNN.tar`` and ``OUT/eval/shard-NNNNNN.tar`` (webdataset: ``KEY.jpg``,
