@@ -80,7 +80,8 @@ def render(pilot: dict, plans: list[dict], s: dict, meta: dict, log: list[str]) 
              f"{meta['pilot_budget']:g} --multiples {meta.get('multiples', '1,3,3,10')} --samples "
              f"{meta.get('samples', 60_000)}{' --seed %d' % meta['seed'] if meta.get('seed') else ''}` on "
              f"`cpu-2core` from an empty results folder ({meta['wall_min']:.0f} min wall in all). Every number below "
-             "is computed from the run records; nothing was tuned after a result was known.", "", *([meta["note"], ""] if meta.get("note") else []),
+             "is computed from the run records; nothing was tuned after a result was known.", "",
+             *([meta["note"], ""] if meta.get("note") else []),
              *([f"Plans {', '.join(str(k + 1) for k, p in enumerate(plans) if p.get('resumed'))} were executed by an "
                 "earlier invocation of the same command; `--resume` kept them as they were recorded.", ""]
                if any(p.get("resumed") for p in plans) else []),
