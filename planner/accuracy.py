@@ -191,7 +191,7 @@ def predict_frame(fit: LawFit, features: pd.DataFrame, detail: bool = False) -> 
     excess) and the thin-data level.
 
     Rows of a fitted local study (``fit.studies``) are predicted by that study's fit (a different quantity than
-    ImageNet top-1; with its range excess columns, ``planner.studies``; no flags). Vectorised."""
+    ImageNet top-1; with its range excess columns and its own flags, ``planner.studies.thin_flags``). Vectorised."""
     if len(features) == 0:
         return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS}, index=features.index)
     own = np.array([d in fit.studies for d in features["dataset"]], dtype=bool) if fit.studies else None
@@ -200,9 +200,7 @@ def predict_frame(fit: LawFit, features: pd.DataFrame, detail: bool = False) -> 
 
         parts = [predict_frame(law.without_studies(fit), features[~own], detail)] if (~own).any() else []
         for ds in sorted(set(features["dataset"][own])):
-            part = predict_study(fit.studies[ds], features[features["dataset"] == ds])
-            part["flags"] = [()] * len(part)
-            parts.append(part)
+            parts.append(predict_study(fit.studies[ds], features[features["dataset"] == ds]))
         out = pd.concat(parts).reindex(features.index)
         out["extrapolated"] = out["extrapolated"].astype(bool)
         return out

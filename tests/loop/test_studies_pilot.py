@@ -63,6 +63,26 @@ def test_interval_covers_and_widens_outside_the_study():
     assert pf.high - pf.low > pn.high - pn.low
 
 
+def test_flags_say_where_a_prediction_stands_beyond_the_studys_runs():
+    # mu/8 and xs/8 at 32 px (16 tokens) to 48K samples, xs/8 at 16 px (4 tokens) to 5K only
+    scheds = [("mu/8", f"{s}@{r}") for s in ("5K", "16K", "48K") for r in ("16/8", "32/16")]
+    scheds += [("xs/8", f"{s}@32/16") for s in ("5K", "16K", "48K")] + [("xs/8", "5K@16/8")]
+    rows = features_frame([schedule_features(m, "local:t", s) for m, s in scheds])
+    rows["top1"] = local_top1(TRUTH, rows, 16.0, CHANCE)
+    rows["key"] = [f"k{i}" for i in range(len(rows))]
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, scale=1.0)
+    asked = {s: schedule_features(m, "local:t", s.split(" ", 1)[1]) for s, m in (
+        ("inside 48K@32/16", "xs/8"), ("cell 48K@16/8", "xs/8"), ("size 100K@32/16", "xs/8"),
+        ("tokens 48K@24/8", "xs/8"), ("model 10K@32/16", "mini/8"))}
+    flags = dict(zip(asked, predict_study(fit, features_frame(list(asked.values())))["flags"]))
+    assert flags["inside 48K@32/16"] == ()
+    assert flags["cell 48K@16/8"] == ("xs/8 at 4 pre-training image tokens: at most 5K samples in the study "
+                                      "(this run 48K)",)
+    assert flags["size 100K@32/16"] == ("xs/8 trained to at most 48K samples in the study (this run 100K)",)
+    assert flags["tokens 48K@24/8"] == ("no xs/8 run at 9 pre-training image tokens in the study",)
+    assert flags["model 10K@32/16"] == ("no mini/8 run in the study",)
+
+
 def test_ceiling_caps_top1_below_100():
     # a local dataset's top-1 saturates at 100 - E, however large the model and long the run
     f = features_frame([schedule_features("xs/8", "local:t", "100M@32/32")])
