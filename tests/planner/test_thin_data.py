@@ -123,3 +123,17 @@ def test_range_widening_takes_the_worst_size_backtest_and_the_pooled_others():
     assert learn_range_widening(preds("near", 5, 9.0, 0.05, 0.05), [0.0] * 4) == {"other": 0.0, "model size": 0.0}
     widths, widen = learn_interval_terms(df)
     assert widths == [0.0] * 4 and widen == w  # no prediction to learn widths from: the widening alone
+
+
+def test_a_fresh_home_plans_from_the_shipped_fit_without_refitting(isolated_home):
+    # results/fits/ ships the fit of the current law code and published rows, thin-data widths included: a fresh
+    # clone's `clipa plan` answers in about a second. Any edit of the law's files (planner.law, features, recipe,
+    # accuracy) is a new code hash: ship the new fit file (same parameters, new version) with the edit, or every
+    # fresh machine refits and learns the widths again, and the README's plan id no longer matches.
+    from planner import paths
+    from planner.accuracy import code_hash
+
+    fit = load_or_fit(include_runs=False)
+    assert fit.code_hash == code_hash()
+    assert not (paths.fits_dir().exists() and any(paths.fits_dir().glob("*.json"))), \
+        f"no fit in results/fits/ matches code {code_hash()}: ship the fit file written to {paths.fits_dir()}"
