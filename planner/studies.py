@@ -286,7 +286,8 @@ def predict_study(fit: LawFit, features: pd.DataFrame) -> pd.DataFrame:
 
 def _study_ranges(rows: pd.DataFrame) -> dict[str, list]:
     """The study's range (``planner.law.data_ranges``, with each model size's samples reach) and the most samples
-    of each model size at each pre-training image-token count (``samples_reach_tokens``: [n_params, tokens, samples])."""
+    of each model size at each pre-training image-token count (``samples_reach_tokens``: [n_params, tokens,
+    samples])."""
     ranges = law.data_ranges(rows, token_floor=False, samples_per_size=True)
     cells = rows.groupby(["n_params", "pretrain_image_tokens"])["total_samples"].max()
     ranges["samples_reach_tokens"] = [[float(n), float(t), float(d)] for (n, t), d in cells.items()]
@@ -306,8 +307,9 @@ def thin_flags(fit: LawFit, features: pd.DataFrame) -> list[tuple[str, ...]]:
     sizes = {round(n): d for n, d in fit.ranges.get("samples_reach", [])}
     cells = {(round(n), round(t, 6)): d for n, t, d in fit.ranges.get("samples_reach_tokens", [])}
     out = []
-    for model, n, t, d in zip(features["model"].astype(str), features["n_params"].to_numpy(float),
-                              features["pretrain_image_tokens"].to_numpy(float), features["total_samples"].to_numpy(float)):
+    columns = (features["model"].astype(str), features["n_params"].to_numpy(float),
+               features["pretrain_image_tokens"].to_numpy(float), features["total_samples"].to_numpy(float))
+    for model, n, t, d in zip(*columns):
         size_reach = sizes.get(round(n))
         if size_reach is None:
             out.append((f"no {model} run in the study",) if sizes else ())
