@@ -137,3 +137,13 @@ def test_a_fresh_home_plans_from_the_shipped_fit_without_refitting(isolated_home
     assert fit.code_hash == code_hash()
     assert not (paths.fits_dir().exists() and any(paths.fits_dir().glob("*.json"))), \
         f"no fit in results/fits/ matches code {code_hash()}: ship the fit file written to {paths.fits_dir()}"
+
+
+def test_the_intervals_report_names_the_shipped_fit(fit):
+    # docs/intervals.md is generated from the shipped fit; a new law or new published rows make a new fit, and the
+    # report's coverage figures and $10k plans go stale with the old one. Regenerate it with
+    # `.venv/bin/python benchmarks/intervals_report.py` when this fails.
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "intervals.md").read_text()
+    assert f"the shipped fit `{fit.version}`" in doc
