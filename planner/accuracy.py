@@ -456,7 +456,6 @@ def thin_widths(code: str) -> tuple[list[float], dict[str, float]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # out-of-sample predictions (the backtest's refits, planner.backtest) and the thin-data widths learned from them
 
-THIN_QUANTILE = 0.8  # a level's width covers this share of its out-of-sample errors (the interval is 80%)
 
 
 def _subset(data: FitData, keep_rows: np.ndarray, keep_drops: np.ndarray) -> FitData:
@@ -559,7 +558,6 @@ def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd
     return full, cat(loo), cat(groups), cat(cells), cat(truncs)
 
 
-MIN_WIDEN_EXCESS = 0.1  # log units: closer to the range, an error says nothing about the growth per log unit
 
 
 def _widen(df: pd.DataFrame, widen: dict[str, float]) -> np.ndarray:
@@ -575,7 +573,7 @@ def _need(df: pd.DataFrame, widen: dict[str, float]) -> np.ndarray:
 
 def learn_thin_widths(predictions: pd.DataFrame, widen: dict[str, float] | None = None) -> list[float]:
     """Thin-data width per ``THIN_LEVELS`` from out-of-sample predictions (``oos_frame`` rows with ``learn``): the
-    ``THIN_QUANTILE`` quantile of what each error needs beyond its in-sample interval, ``sqrt(max(0, (|error| /
+    ``law.COVER_QUANTILE`` quantile of what each error needs beyond its in-sample interval, ``sqrt(max(0, (|error| /
     (z widen))^2 - sd^2))``, non-decreasing with thinness (a level without predictions takes the thicker one's)."""
     widen = widen or dict.fromkeys(law.WIDEN_AXES, law.WIDEN_PER_LOG)
     df = predictions[predictions["learn"]]
@@ -583,17 +581,17 @@ def learn_thin_widths(predictions: pd.DataFrame, widen: dict[str, float] | None 
     widths, last = [], 0.0
     for k in range(len(THIN_LEVELS)):
         if (level == k).any():
-            last = max(last, float(np.quantile(need[level == k], THIN_QUANTILE)))
+            last = max(last, float(np.quantile(need[level == k], law.COVER_QUANTILE)))
         widths.append(last)
     return widths
 
 
 def learn_range_widening(predictions: pd.DataFrame, widths: list[float]) -> dict[str, float]:
     """The interval's growth per log unit outside the refit's range, per ``planner.law.WIDEN_AXES``, from the
-    out-of-sample predictions at least ``MIN_WIDEN_EXCESS`` outside it: the model size from those outside the size
+    out-of-sample predictions at least ``law.MIN_WIDEN_EXCESS`` outside it: the model size from those outside the size
     range (a size left out, the size range cut), the other axes from those outside only them (samples, tokens, text
     beyond the refit's). What a prediction needs is ``max(0, |error| / (z sqrt(sd^2 + w_level^2)) - 1 - widening of
-    the other group) / excess``; the other axes take its ``THIN_QUANTILE`` quantile, the size axis the largest such
+    the other group) / excess``; the other axes take its ``law.COVER_QUANTILE`` quantile, the size axis the largest such
     quantile of any one backtest (0 without such predictions)."""
     w = np.asarray(widths, dtype=float)[predictions["thin_level"].to_numpy(int)]
     inner = predictions["z"].to_numpy(float) * np.sqrt(predictions["sd"].to_numpy(float) ** 2 + w**2)
@@ -601,16 +599,16 @@ def learn_range_widening(predictions: pd.DataFrame, widths: list[float]) -> dict
     size = predictions["excess_size"].to_numpy(float)
     other = predictions["excess"].to_numpy(float) - size
     out = {}
-    pure_other = (other >= MIN_WIDEN_EXCESS) & (size < MIN_WIDEN_EXCESS)
-    out["other"] = float(np.quantile(np.maximum(ratio[pure_other], 0.0) / other[pure_other], THIN_QUANTILE)) \
+    pure_other = (other >= law.MIN_WIDEN_EXCESS) & (size < law.MIN_WIDEN_EXCESS)
+    out["other"] = float(np.quantile(np.maximum(ratio[pure_other], 0.0) / other[pure_other], law.COVER_QUANTILE)) \
         if pure_other.any() else 0.0
     # the size axis: every backtest that extrapolates in size (a size left out, each side of the size range cut)
     # must cover its share on its own, so the widening is the largest of their quantiles; pooled, the many cheap
     # extrapolations that the parameters' own uncertainty already covers would hide the one that it does not
-    sized = size >= MIN_WIDEN_EXCESS
+    sized = size >= law.MIN_WIDEN_EXCESS
     src = predictions["source"].to_numpy()
-    need = np.maximum(ratio - out["other"] * other, 0.0) / np.maximum(size, MIN_WIDEN_EXCESS)
-    out["model size"] = max((float(np.quantile(need[sized & (src == s)], THIN_QUANTILE))
+    need = np.maximum(ratio - out["other"] * other, 0.0) / np.maximum(size, law.MIN_WIDEN_EXCESS)
+    out["model size"] = max((float(np.quantile(need[sized & (src == s)], law.COVER_QUANTILE))
                              for s in set(src[sized])), default=0.0)
     return out
 

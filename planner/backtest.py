@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from planner.accuracy import (MIN_WIDEN_EXCESS, THIN_LEVELS, FitData, fitting_data, learn_interval_terms,
+from planner.accuracy import (THIN_LEVELS, FitData, fitting_data, learn_interval_terms,
                               out_of_sample, with_thin_widths)
-from planner.law import WIDEN_AXES, WIDEN_PER_LOG, LawFit
+from planner.law import MIN_WIDEN_EXCESS, WIDEN_AXES, WIDEN_PER_LOG, LawFit
 
 
 @dataclass

@@ -59,9 +59,12 @@ from planner.recipe import FULL_TEXT_LEN
 TEXT_REF = float(FULL_TEXT_LEN)  # text loses nothing at CLIPA's full caption length or more
 Z80 = 1.2815515655446004  # two-sided 80%: the 10% and 90% quantiles of a normal
 # interval growth per natural-log unit outside the data's range, where a fit has learned none of its own: the ImageNet
-# study learns it from its backtest (``planner.accuracy.learn_range_widening``, in ``LawFit.thin``); a local study's
-# pilot has too few runs to learn it and keeps this value
+# study learns it from its backtest (``planner.accuracy.learn_range_widening``, in ``LawFit.thin``); a local study
+# from its own forward predictions (``planner.studies.forward_widening``), with this value as its least
 WIDEN_PER_LOG = 0.5
+# a learned interval term covers this share of the out-of-sample errors it is learned from (the interval is 80%)
+COVER_QUANTILE = 0.8
+MIN_WIDEN_EXCESS = 0.1  # log units: closer to the range, an error says nothing about the growth per log unit
 
 
 class Param(NamedTuple):

@@ -32,11 +32,12 @@ floor, not a parameter: below it the law predicts chance.
 Interval (``planner.law.predict``): Gauss-Newton covariance of the MAP fit (prior rows included) through the
 prediction's gradient, plus the residual noise, both at least the binomial noise of the evaluation split (a pilot's
 few residuals can look far too good), with Student-t quantiles for the few degrees of freedom; outside the study's
-range (model size, samples, tokens, text, fine-tune samples) the half-width grows by half the summed log-distance
-outside, and the prediction is flagged ``extrapolated``. Samples are judged per model size too: a run beyond the most
-samples its own tower was trained on extrapolates, even inside the samples range of the other towers (the law's
-size and samples terms add, so a pilot's short runs of a larger tower cannot say how much more it gains from many
-samples: loop 6's pilot ran xs/8 to 42K, and its 10x plan, xs/8 at 1.24M, was predicted 18.4 [14.5, 22.2] as an
+range (model size, samples, tokens, text, fine-tune samples) the half-width grows with the summed log-distance
+outside, by what the study's own forward predictions needed (``forward_widening``: each size's longest runs
+predicted without them; at least half per log unit), and the prediction is flagged ``extrapolated``. Samples are
+judged per model size too: a run beyond the most samples its own tower was trained on extrapolates, even inside
+the samples range of the other towers (the law's size and samples terms add, so a pilot's short runs of a larger
+tower cannot say how much more it gains from many samples: loop 6's pilot ran xs/8 to 42K, and its 10x plan, xs/8 at 1.24M, was predicted 18.4 [14.5, 22.2] as an
 interpolation and scored 28.0). Each prediction also says in words where it stands beyond the study's runs
 (``thin_flags``: a size without runs, samples beyond a size's reach, and image-token counts at which that size has no
 run or only shorter ones), which ``clipa plan`` and ``clipa predict`` print.
@@ -227,16 +228,57 @@ def one_standard_error_choice(abs_err: dict[float, np.ndarray]) -> float:
     return min(s for s in maes if maes[s] <= maes[best] + tolerance)
 
 
+def forward_widening(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, chance: float,
+                     eval_n: int = DEFAULT_EVAL_N, fixed: dict[str, float] | None = None,
+                     scale: float = 1.0) -> tuple[float, list[dict[str, float]]]:
+    """The study's interval growth per log unit beyond its runs, learned from its own forward predictions: each
+    model size's longest runs predicted by a refit without them (from that size's shorter runs and the other
+    sizes), as each plan is predicted from the runs before it. A prediction at least ``law.MIN_WIDEN_EXCESS`` log
+    units beyond the refit's range needs ``max(0, |error| / in-range half-width - 1) / excess``; the study takes the
+    ``law.COVER_QUANTILE`` quantile of those needs, and at least ``law.WIDEN_PER_LOG``. Returns it and one record per
+    prediction (n_params, samples, error, excess, need).
+
+    Why (issue 19, loop 9 replayed): a pilot's forward errors are small (1-2 points at 2-4x a tower's reach), so its
+    plans keep the default; once a plan's run has missed (xs/8 at 328K samples scored 30.4, predicted 23.6 from runs
+    to 165K), the next plan's interval grows with what that miss needed (the default 0.5 per log unit gave plan 4,
+    26x beyond its tower's reach at plan 3, [27.9, 64.0] against an actual 77.1; learned, [7.1, 84.7])."""
+    needs: list[float] = []
+    records: list[dict[str, float]] = []
+    sizes = rows["n_params"].to_numpy(float)
+    for n in sorted(set(sizes)):
+        tower = sizes == n
+        longest = tower & (rows["total_samples"].to_numpy(float) >= rows.loc[tower, "total_samples"].max())
+        train = rows[~longest].reset_index(drop=True)
+        if longest.all() or not (train["n_params"] == n).any() or len(train) < MIN_STUDY_RUNS:
+            continue  # a size with one sample count has nothing shorter to predict its longest run from
+        refit = fit_study(train, shared, dataset=dataset, chance=chance, eval_n=eval_n, fixed=fixed, scale=scale,
+                          forward=False)
+        test = rows[longest]
+        pred = law.predict(refit, LOCAL_LAW, test)
+        excess = (pred["samples_excess"] + pred["other_excess"]).to_numpy(float) - law.size_excess(refit.ranges, test)
+        error = pred["predicted_top1"].to_numpy(float) - test["top1"].to_numpy(float)
+        inner = refit.quantile * pred["sd"].to_numpy(float)
+        need = np.maximum(np.abs(error) / inner - 1.0, 0.0) / np.maximum(excess, law.MIN_WIDEN_EXCESS)
+        for d, e, x, k in zip(test["total_samples"].to_numpy(float), error, excess, need, strict=True):
+            records.append({"n_params": float(n), "samples": float(d), "error": float(e), "excess": float(x),
+                            "need": float(k)})
+            if x >= law.MIN_WIDEN_EXCESS:
+                needs.append(float(k))
+    learned = float(np.quantile(needs, law.COVER_QUANTILE)) if needs else 0.0
+    return max(law.WIDEN_PER_LOG, learned), records
+
+
 def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, chance: float,
               eval_n: int = DEFAULT_EVAL_N, fixed: dict[str, float] | None = None,
-              scale: float | None = None) -> LawFit:
+              scale: float | None = None, forward: bool = True) -> LawFit:
     """Fit the local configuration (MAP, bounded least squares) to one study's rows (features + ``top1``).
 
     ``shared``: the ImageNet fit's parameters (psi and eta are taken as they are; alpha, beta, gamma and kappa are
     prior means); ``fixed`` holds local parameters at given values; ``scale`` the transferred priors' width
     multiplier (None: chosen by the held-out test, ``prior_scale``, once the study has more runs than
-    ``MIN_STUDY_RUNS``). Raises ClipaError if a row is from another study (a local fit must never see ImageNet
-    rows)."""
+    ``MIN_STUDY_RUNS``); ``forward`` learns the interval's growth beyond the study's runs from its own forward
+    predictions (``forward_widening``; else the default ``law.WIDEN_PER_LOG``). Raises ClipaError if a row is from
+    another study (a local fit must never see ImageNet rows)."""
     from scipy.stats import t as student_t
 
     study = eval_task(dataset)
@@ -273,6 +315,10 @@ def fit_study(rows: pd.DataFrame, shared: dict[str, float], *, dataset: str, cha
     fit.metrics = {"rows": int(m), "mae": float(np.mean(np.abs(r))), "max_abs_error": float(np.max(np.abs(r))),
                    "dof": dof, "nfev": sol.nfev, "status": sol.status, "at_bound": vec.at_bound(sol.x),
                    "prior_scale": scale, "held_out_mae": {f"{k:g}": v for k, v in cv.items()}}
+    if forward and len(rows) > MIN_STUDY_RUNS:
+        widen, fit.metrics["forward"] = forward_widening(rows, shared, dataset=dataset, chance=chance, eval_n=eval_n,
+                                                         fixed=fixed, scale=scale)
+        fit.thin = {"widen_per_log": {"model size": law.WIDEN_PER_LOG, "other": widen}}
     return fit
 
 

@@ -83,6 +83,35 @@ def test_flags_say_where_a_prediction_stands_beyond_the_studys_runs():
     assert flags["model 10K@32/16"] == ("no mini/8 run in the study",)
 
 
+def test_a_study_widens_beyond_its_runs_by_what_its_own_forward_predictions_missed():
+    # each tower's longest runs are predicted from its shorter ones (as each plan is from the runs before it): a
+    # study whose xs/8 jumped at its longest runs (loop 9: learned shape late and then fast) learns a wider interval
+    # beyond its runs; one that follows the law keeps the default growth
+    from dataclasses import replace
+
+    from planner.law import WIDEN_PER_LOG, widen_per_log
+
+    scheds = [(m, f"{s}@{r}/16") for m in ("mu/8", "mini/8", "xs/8") for s in ("5K", "16K", "48K") for r in (16, 32)]
+    rows = features_frame([schedule_features(m, "local:t", s) for m, s in scheds])
+    rows["top1"] = local_top1(TRUTH, rows, 16.0, CHANCE) + np.random.default_rng(7).normal(0, 0.3, len(rows))
+    rows["key"] = [f"k{i}" for i in range(len(rows))]
+    jumped = rows.copy()
+    jumped.loc[(jumped["model"] == "xs/8") & (jumped["total_samples"] == 48_000), "top1"] += 8.0
+    smooth_fit, jumped_fit = (fit_study(r, SHARED, dataset="local:t", chance=CHANCE, eval_n=4000, scale=1.0)
+                              for r in (rows, jumped))
+    assert widen_per_log(smooth_fit)["other"] == WIDEN_PER_LOG
+    assert widen_per_log(jumped_fit)["other"] > 2 * WIDEN_PER_LOG
+    records = jumped_fit.metrics["forward"]  # one per tower's longest run: 2 runs at 48K for each of 3 towers
+    assert len(records) == 6 and {r["samples"] for r in records} == {48_000.0}
+    xs = [r for r in records if r["n_params"] == float(rows.loc[rows["model"] == "xs/8", "n_params"].iloc[0])]
+    assert all(r["error"] < -4.0 for r in xs)  # predicted from 5K and 16K, the jump is missed
+    far = features_frame([schedule_features("xs/8", "local:t", "480K@32/16")])
+    learned = predict_study(jumped_fit, far).iloc[0]
+    default = predict_study(replace(jumped_fit, thin={}), far).iloc[0]
+    assert learned.predicted_top1 == default.predicted_top1
+    assert learned.high - learned.low > 1.5 * (default.high - default.low)
+
+
 def test_ceiling_caps_top1_below_100():
     # a local dataset's top-1 saturates at 100 - E, however large the model and long the run
     f = features_frame([schedule_features("xs/8", "local:t", "100M@32/32")])
