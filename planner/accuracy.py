@@ -457,7 +457,6 @@ def thin_widths(code: str) -> tuple[list[float], dict[str, float]]:
 # out-of-sample predictions (the backtest's refits, planner.backtest) and the thin-data widths learned from them
 
 
-
 def _subset(data: FitData, keep_rows: np.ndarray, keep_drops: np.ndarray) -> FitData:
     return FitData(
         rows=data.rows[keep_rows].reset_index(drop=True),
@@ -556,8 +555,6 @@ def out_of_sample(data: FitData) -> tuple[LawFit, pd.DataFrame, pd.DataFrame, pd
         return pd.concat(frames) if frames else pd.DataFrame()
 
     return full, cat(loo), cat(groups), cat(cells), cat(truncs)
-
-
 
 
 def _widen(df: pd.DataFrame, widen: dict[str, float]) -> np.ndarray:

@@ -37,10 +37,11 @@ outside, by what the study's own forward predictions needed (``forward_widening`
 predicted without them; at least half per log unit), and the prediction is flagged ``extrapolated``. Samples are
 judged per model size too: a run beyond the most samples its own tower was trained on extrapolates, even inside
 the samples range of the other towers (the law's size and samples terms add, so a pilot's short runs of a larger
-tower cannot say how much more it gains from many samples: loop 6's pilot ran xs/8 to 42K, and its 10x plan, xs/8 at 1.24M, was predicted 18.4 [14.5, 22.2] as an
-interpolation and scored 28.0). Each prediction also says in words where it stands beyond the study's runs
-(``thin_flags``: a size without runs, samples beyond a size's reach, and image-token counts at which that size has no
-run or only shorter ones), which ``clipa plan`` and ``clipa predict`` print.
+tower cannot say how much more it gains from many samples: loop 6's pilot ran xs/8 to 42K, and its 10x plan, xs/8
+at 1.24M, was predicted 18.4 [14.5, 22.2] as an interpolation and scored 28.0). Each prediction also says in
+words where it stands beyond the study's runs (``thin_flags``: a size without runs, samples beyond a size's reach,
+and image-token counts at which that size has no run or only shorter ones), which ``clipa plan`` and ``clipa
+predict`` print.
 
 Fits are saved as ``results/fits/study-<name>-<version>.json`` (``planner.law.cached_or_fit``); the version hashes
 the study's rows, the shared constants and the law's code, so a new run gives a new version and old files stay as
@@ -240,8 +241,8 @@ def forward_widening(rows: pd.DataFrame, shared: dict[str, float], *, dataset: s
 
     Why (issue 19, loop 9 replayed): a pilot's forward errors are small (1-2 points at 2-4x a tower's reach), so its
     plans keep the default; once a plan's run has missed (xs/8 at 328K samples scored 30.4, predicted 23.6 from runs
-    to 165K), the next plan's interval grows with what that miss needed (the default 0.5 per log unit gave plan 4,
-    26x beyond its tower's reach at plan 3, [27.9, 64.0] against an actual 77.1; learned, [7.1, 84.7])."""
+    to 165K), the next plan's interval grows with what that miss needed (plan 4, xs/8 at 3.42M samples after runs
+    to 891K: [27.9, 64.0] with the default 0.5 per log unit, [7.1, 84.7] learned; it scored 77.1)."""
     needs: list[float] = []
     records: list[dict[str, float]] = []
     sizes = rows["n_params"].to_numpy(float)
