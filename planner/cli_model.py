@@ -353,6 +353,14 @@ def print_study(st) -> None:
     if m.get("held_out_mae"):  # how far the ImageNet priors were let go (planner.studies.prior_scale)
         cv = ", ".join(f"{k}x {v:.2f}" for k, v in m["held_out_mae"].items())
         console.print(f"ImageNet priors at {m['prior_scale']:g}x their widths, chosen by held-out MAE ({cv})")
+    if m.get("forward"):  # how the interval grows beyond the study's runs (planner.studies.forward_widening)
+        from planner.law import widen_per_log
+        from planner.recipe import format_samples
+
+        worst = max(m["forward"], key=lambda r: abs(r["error"]))
+        console.print(f"beyond its runs the interval grows {widen_per_log(st)['other']:.2f} per log unit, learned "
+                      f"from {len(m['forward'])} forward predictions of each model's longest runs (largest miss "
+                      f"{worst['error']:+.1f} points at {format_samples(int(worst['samples']))} samples)")
     native = f"native {st.native_res} px" if st.native_res else "native resolution unknown"
     console.print(f"data: {round(100.0 / st.chance)} classes (chance {st.chance:.2f}%), {native}, "
                   f"eval {st.eval_n} images")

@@ -352,7 +352,8 @@ class LawFit:
     # local studies' own fits by dataset, attached to the ImageNet fit; saved in their own files, not in this one
     studies: dict[str, LawFit] = field(default_factory=dict, repr=False)
     # the ImageNet study's thin-data term (planner.accuracy.thin_data): runs per model size and dataset in the fitted
-    # rows ("cells") and the widths learned from the backtest ("widths"); empty for a local study
+    # rows ("cells") and the widths learned from the backtest ("widths"); both studies' range widening
+    # ("widen_per_log": the ImageNet study's from its backtest, a local study's from its forward predictions)
     thin: dict[str, Any] = field(default_factory=dict)
 
     def version_for(self, dataset: str) -> str:
@@ -379,7 +380,7 @@ class LawFit:
         return {**common, "kind": self.kind, "study": self.study, "dataset": self.dataset,
                 "t_quantile": self.quantile, "chance": self.chance, "t_ref": self.t_ref, "eval_n": self.eval_n,
                 "n_classes": round(100.0 / self.chance) if self.chance else None, "native_res": self.native_res,
-                "assumed": self.assumed}
+                "assumed": self.assumed, "thin_data": self.thin}
 
     def to_json(self) -> str:
         return json.dumps(round_floats(self.to_dict()), indent=1, sort_keys=True) + "\n"
@@ -398,7 +399,7 @@ class LawFit:
         return cls(kind=kind, datasets={d["dataset"]: 0.0}, quantile=float(d["t_quantile"]),
                    chance=float(d["chance"]), t_ref=float(d["t_ref"]), eval_n=int(d["eval_n"]), study=d["study"],
                    dataset=d["dataset"], native_res=d.get("native_res"), assumed=list(d.get("assumed", [])),
-                   **common)
+                   thin=dict(d.get("thin_data") or {}), **common)
 
 
 def round_floats(o: Any) -> Any:

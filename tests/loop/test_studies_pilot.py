@@ -89,7 +89,7 @@ def test_a_study_widens_beyond_its_runs_by_what_its_own_forward_predictions_miss
     # beyond its runs; one that follows the law keeps the default growth
     from dataclasses import replace
 
-    from planner.law import WIDEN_PER_LOG, widen_per_log
+    from planner.law import WIDEN_PER_LOG, LawFit, widen_per_log
 
     scheds = [(m, f"{s}@{r}/16") for m in ("mu/8", "mini/8", "xs/8") for s in ("5K", "16K", "48K") for r in (16, 32)]
     rows = features_frame([schedule_features(m, "local:t", s) for m, s in scheds])
@@ -101,6 +101,9 @@ def test_a_study_widens_beyond_its_runs_by_what_its_own_forward_predictions_miss
                               for r in (rows, jumped))
     assert widen_per_log(smooth_fit)["other"] == WIDEN_PER_LOG
     assert widen_per_log(jumped_fit)["other"] > 2 * WIDEN_PER_LOG
+    # what a plan reads is the fit file: the learned growth survives it
+    reloaded = LawFit.from_dict(json.loads(jumped_fit.to_json()))
+    assert widen_per_log(reloaded) == pytest.approx(widen_per_log(jumped_fit), rel=1e-9)
     records = jumped_fit.metrics["forward"]  # one per tower's longest run: 2 runs at 48K for each of 3 towers
     assert len(records) == 6 and {r["samples"] for r in records} == {48_000.0}
     xs = [r for r in records if r["n_params"] == float(rows.loc[rows["model"] == "xs/8", "n_params"].iloc[0])]
