@@ -127,6 +127,29 @@ def test_ceiling_caps_top1_below_100():
     assert fit.params["E"] == pytest.approx(35.0, abs=4.0)
 
 
+# a fresh-clone pilot's runs (clipa pilot --budget 0.004 on the generated data, README walk of 2026-12-05), less its
+# longest: top-1 on a plateau at 8-17%
+PLATEAU_PILOT = [
+    ("mu/8", "25000@16/8 + 12500@32/32", 11.5), ("mu/8", "45200@32/32", 14.2), ("mu/8", "25000@16/8", 8.0),
+    ("mu/8", "25000@24/16", 11.2), ("mini/8", "25000@32/8", 15.5), ("mini/8", "25000@24/32", 11.2),
+    ("mini/8", "30600@16/16", 14.1), ("mini/8", "25000@16/8 + 25000@32/32", 17.3), ("mini/8", "25000@16/32", 10.3),
+    ("mini/8", "30600@24/8", 14.5), ("mini/8", "25000@32/16", 14.9),
+]
+
+
+def test_a_plateau_is_fitted_from_a_low_ceiling_too():
+    # runs on a plateau fit either a flat curve under a high ceiling or a low ceiling; with the ImageNet priors held
+    # narrow, a fit started only from the prior's ceiling stopped at MAE 4.2 and predicted the next run at chance
+    # (the walk's mu/8 at 171K scored 16.9)
+    rows = features_frame([schedule_features(m, "local:t", s) for m, s, _ in PLATEAU_PILOT])
+    rows["top1"] = [t for *_, t in PLATEAU_PILOT]
+    rows["key"] = [f"k{i}" for i in range(len(rows))]
+    fit = fit_study(rows, SHARED, dataset="local:t", chance=CHANCE, eval_n=1000, scale=0.25, forward=False)
+    assert fit.metrics["mae"] < 1.5
+    longer = features_frame([schedule_features("mu/8", "local:t", "163K@32/8 + 8K@32/32")])
+    assert predict_study(fit, longer).iloc[0].predicted_top1 == pytest.approx(16.9, abs=5.0)
+
+
 def test_study_predicts_held_out_larger_runs():
     # a pilot-sized study (12 runs, 1-point noise) predicts runs 3x beyond its largest samples within 2 points
     rows = _local_rows(n=12, noise=1.0, seed=5)
