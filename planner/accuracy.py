@@ -592,19 +592,19 @@ def learn_range_widening(predictions: pd.DataFrame, widths: list[float]) -> dict
     quantile of any one backtest (0 without such predictions)."""
     w = np.asarray(widths, dtype=float)[predictions["thin_level"].to_numpy(int)]
     inner = predictions["z"].to_numpy(float) * np.sqrt(predictions["sd"].to_numpy(float) ** 2 + w**2)
-    ratio = predictions["error"].abs().to_numpy(float) / inner - 1.0
+    error = predictions["error"].to_numpy(float)
     size = predictions["excess_size"].to_numpy(float)
     other = predictions["excess"].to_numpy(float) - size
     out = {}
     pure_other = (other >= law.MIN_WIDEN_EXCESS) & (size < law.MIN_WIDEN_EXCESS)
-    out["other"] = float(np.quantile(np.maximum(ratio[pure_other], 0.0) / other[pure_other], law.COVER_QUANTILE)) \
+    out["other"] = float(np.quantile(law.widen_need(error, inner, other)[pure_other], law.COVER_QUANTILE)) \
         if pure_other.any() else 0.0
     # the size axis: every backtest that extrapolates in size (a size left out, each side of the size range cut)
     # must cover its share on its own, so the widening is the largest of their quantiles; pooled, the many cheap
     # extrapolations that the parameters' own uncertainty already covers would hide the one that it does not
     sized = size >= law.MIN_WIDEN_EXCESS
     src = predictions["source"].to_numpy()
-    need = np.maximum(ratio - out["other"] * other, 0.0) / np.maximum(size, law.MIN_WIDEN_EXCESS)
+    need = law.widen_need(error, inner, size, covered=out["other"] * other)
     out["model size"] = max((float(np.quantile(need[sized & (src == s)], law.COVER_QUANTILE))
                              for s in set(src[sized])), default=0.0)
     return out

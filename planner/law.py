@@ -444,6 +444,15 @@ def widen_per_log(fit: LawFit) -> dict[str, float]:
     return {k: float(learned.get(k, WIDEN_PER_LOG)) for k in WIDEN_AXES}
 
 
+def widen_need(error: np.ndarray, inner: np.ndarray, excess: np.ndarray, covered: Any = 0.0) -> np.ndarray:
+    """What each out-of-sample prediction needs of the interval's growth per log unit outside the range:
+    ``max(0, |error| / inner - 1 - covered) / max(excess, MIN_WIDEN_EXCESS)``, ``inner`` its half-width inside the
+    range and ``covered`` the growth other axes already give it. Both studies learn their widening from these needs
+    (``planner.accuracy.learn_range_widening``, ``planner.studies.forward_widening``)."""
+    ratio = np.abs(np.asarray(error, dtype=float)) / np.asarray(inner, dtype=float) - 1.0 - covered
+    return np.maximum(ratio, 0.0) / np.maximum(np.asarray(excess, dtype=float), MIN_WIDEN_EXCESS)
+
+
 def size_excess(ranges: dict[str, list], f: pd.DataFrame) -> np.ndarray:
     """Natural-log distance of each row's model size outside the data's size range (part of ``range_excess``'s
     other axes)."""

@@ -247,9 +247,9 @@ def forward_widening(rows: pd.DataFrame, shared: dict[str, float], *, dataset: s
     """The study's interval growth per log unit beyond its runs, learned from its own forward predictions: each
     model size's longest runs predicted by a refit without them (from that size's shorter runs and the other
     sizes), as each plan is predicted from the runs before it. A prediction at least ``law.MIN_WIDEN_EXCESS`` log
-    units beyond the refit's range needs ``max(0, |error| / in-range half-width - 1) / excess``; the study takes the
-    ``law.COVER_QUANTILE`` quantile of those needs, and at least ``law.WIDEN_PER_LOG``. Returns it and one record per
-    prediction (n_params, samples, error, excess, need).
+    units beyond the refit's range needs ``law.widen_need`` (its miss beyond the in-range half-width, per log unit
+    outside); the study takes the ``law.COVER_QUANTILE`` quantile of those needs, and at least
+    ``law.WIDEN_PER_LOG``. Returns it and one record per prediction (n_params, samples, error, excess, need).
 
     Why (issue 19, loop 9 replayed): a pilot's forward errors are small (1-2 points at 2-4x a tower's reach), so its
     plans keep the default; once a plan's run has missed (xs/8 at 328K samples scored 30.4, predicted 23.6 from runs
@@ -271,7 +271,7 @@ def forward_widening(rows: pd.DataFrame, shared: dict[str, float], *, dataset: s
         excess = (pred["samples_excess"] + pred["other_excess"]).to_numpy(float) - law.size_excess(refit.ranges, test)
         error = pred["predicted_top1"].to_numpy(float) - test["top1"].to_numpy(float)
         inner = refit.quantile * pred["sd"].to_numpy(float)
-        need = np.maximum(np.abs(error) / inner - 1.0, 0.0) / np.maximum(excess, law.MIN_WIDEN_EXCESS)
+        need = law.widen_need(error, inner, excess)
         for d, e, x, k in zip(test["total_samples"].to_numpy(float), error, excess, need, strict=True):
             records.append({"n_params": float(n), "samples": float(d), "error": float(e), "excess": float(x),
                             "need": float(k)})
