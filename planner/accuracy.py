@@ -476,7 +476,7 @@ def oos_frame(rows: pd.DataFrame, fit: LawFit, label: str = "") -> pd.DataFrame:
     out["covered"] = (out["top1"] >= out["low"]) & (out["top1"] <= out["high"])
     out["z"] = fit.quantile
     out["excess"] = pred["samples_excess"] + pred["other_excess"]
-    out["excess_size"] = law.size_excess(fit.ranges, rows)
+    out["excess_size"] = pred["size_excess"]
     out["thin_level"] = pred["thin_level"]
     lo, hi = fit.ranges["n_params"]
     n = rows["n_params"].to_numpy(float)

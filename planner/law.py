@@ -444,7 +444,8 @@ def widen_per_log(fit: LawFit) -> dict[str, float]:
     return {k: float(learned.get(k, WIDEN_PER_LOG)) for k in WIDEN_AXES}
 
 
-def widen_need(error: np.ndarray, inner: np.ndarray, excess: np.ndarray, covered: Any = 0.0) -> np.ndarray:
+def widen_need(error: np.ndarray, inner: np.ndarray, excess: np.ndarray,
+               covered: float | np.ndarray = 0.0) -> np.ndarray:
     """What each out-of-sample prediction needs of the interval's growth per log unit outside the range:
     ``max(0, |error| / inner - 1 - covered) / max(excess, MIN_WIDEN_EXCESS)``, ``inner`` its half-width inside the
     range and ``covered`` the growth other axes already give it. Both studies learn their widening from these needs
@@ -467,7 +468,8 @@ def widening(widen: dict[str, float], size: np.ndarray, other: np.ndarray) -> np
 def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
             is_named: Callable[[str], bool] = lambda d: True, extra_var: np.ndarray | None = None) -> pd.DataFrame:
     """Predictions for a frame of ``planner.features`` rows: predicted_top1, low, high (80%), extrapolated, how
-    far outside the data's range, in log units (samples_excess, other_excess), and ``sd``: the standard deviation
+    far outside the data's range, in log units (samples_excess, other_excess, and size_excess: the part of
+    other_excess that is model size), and ``sd``: the standard deviation
     inside the range (before the range widening) without ``extra_var``, the study's own variance per row (points^2).
     Vectorised: one pass of the law per free parameter (for the interval), whatever the number of rows."""
     X = Design.from_frame(features, config)
@@ -496,7 +498,8 @@ def predict(fit: LawFit, config: LawConfig, features: pd.DataFrame,
     half = fit.quantile * np.sqrt(total) * widening(widen_per_log(fit), size, excess - size)
     return pd.DataFrame({"predicted_top1": mean, "low": np.clip(mean - half, 0.0, 100.0),
                          "high": np.clip(mean + half, 0.0, 100.0), "extrapolated": (excess > 1e-9) | ~known,
-                         "samples_excess": samples_excess, "other_excess": other_excess, "sd": np.sqrt(var)},
+                         "samples_excess": samples_excess, "other_excess": other_excess, "size_excess": size,
+                         "sd": np.sqrt(var)},
                         index=features.index)
 
 

@@ -268,7 +268,7 @@ def forward_widening(rows: pd.DataFrame, shared: dict[str, float], *, dataset: s
                           forward=False)
         test = rows[longest]
         pred = law.predict(refit, LOCAL_LAW, test)
-        excess = (pred["samples_excess"] + pred["other_excess"]).to_numpy(float) - law.size_excess(refit.ranges, test)
+        excess = (pred["samples_excess"] + pred["other_excess"] - pred["size_excess"]).to_numpy(float)
         error = pred["predicted_top1"].to_numpy(float) - test["top1"].to_numpy(float)
         inner = refit.quantile * pred["sd"].to_numpy(float)
         need = law.widen_need(error, inner, excess)
